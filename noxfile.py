@@ -1,0 +1,101 @@
+"""Nox sessions for hwm.
+
+    nox -s tests      # default test selection (pyproject deselects `slow`)
+    nox -s slow       # the long-running tests only
+    nox -s lint       # ruff check + ruff format --check
+    nox -s fit        # hwm fit --config conf/dmc_cheetah.yaml (posargs replace the default)
+
+Virtualenvs are reused between runs (``nox.options.reuse_venv = "yes"``); pass ``--reuse-venv=no``
+to rebuild one from scratch, or ``-R`` to also skip the install steps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_venv = "yes"
+
+PYTHON = "3.11"
+# Installed before the project so pip keeps the CPU wheel; pyproject's `torch<2.14` then holds it.
+TORCH = "torch==2.13.0"
+# Optional: install torch from another index, e.g. https://download.pytorch.org/whl/cpu or .../cu126.
+TORCH_INDEX_URL = os.environ.get("HWM_TORCH_INDEX_URL")
+# Debian packages for headless MuJoCo rendering through EGL (Mesa llvmpipe on machines without a GPU).
+GL_PACKAGES = ["libegl1", "libegl-mesa0", "libgl1-mesa-dri", "libopengl0"]
+LINT_PATHS = ["src", "tests", "benchmarks", "noxfile.py"]
+
+
+def _ensure_gl_packages(session: nox.Session) -> None:
+    """Install the EGL/Mesa Debian packages when any is missing (root, or passwordless sudo)."""
+    if shutil.which("dpkg") is None:
+        session.warn(
+            f"dpkg not found (not Debian?): make sure EGL/Mesa is available ({' '.join(GL_PACKAGES)})"
+        )
+        return
+    missing = [
+        pkg
+        for pkg in GL_PACKAGES
+        if subprocess.run(["dpkg", "-s", pkg], capture_output=True, check=False).returncode != 0
+    ]
+    if not missing:
+        return
+    if os.geteuid() == 0:
+        prefix: list[str] = []
+    elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        prefix = ["sudo", "-n"]
+    else:
+        session.error(
+            f"missing Debian packages for headless MuJoCo; run: "
+            f"sudo apt-get install -y --no-install-recommends {' '.join(missing)}"
+        )
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run(*prefix, "apt-get", "update", external=True, env=env)
+    session.run(
+        *prefix, "apt-get", "install", "-y", "--no-install-recommends", *missing, external=True, env=env
+    )
+
+
+def _setup(session: nox.Session, extras: str = "") -> None:
+    """Shared set-up: GL packages, headless rendering env, torch first, then the project."""
+    _ensure_gl_packages(session)
+    session.env["MUJOCO_GL"] = "egl"
+    session.env["PYOPENGL_PLATFORM"] = "egl"
+    if TORCH_INDEX_URL:
+        session.install(TORCH, "--index-url", TORCH_INDEX_URL)
+    else:
+        session.install(TORCH)
+    session.install("-e", f".[{extras}]" if extras else ".")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Default test selection (pyproject's addopts deselect `slow`); posargs go to pytest."""
+    _setup(session, extras="test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def slow(session: nox.Session) -> None:
+    """Only the tests marked `slow` (minutes); posargs go to pytest."""
+    _setup(session, extras="test")
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
+
+
+@nox.session(python=PYTHON)
+def fit(session: nox.Session) -> None:
+    """Train: `hwm fit` with posargs, default `--config conf/dmc_cheetah.yaml`."""
+    _setup(session)
+    session.run("hwm", "fit", *(session.posargs or ["--config", "conf/dmc_cheetah.yaml"]))

@@ -1,0 +1,173 @@
+"""DreamerV2 actor-critic learning in imagination."""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.distributions import Normal, OneHotCategorical
+
+from hwm.losses import lambda_return
+from hwm.networks import mlp
+from hwm.rssm import State
+from hwm.world_model import WorldModel
+
+
+class ActionDist:
+    """Actions in [-1, 1] (continuous) or one-hot (discrete), with rsample, log_prob, entropy and mode."""
+
+    def __init__(self, out: Tensor, *, discrete: bool, min_std: float) -> None:
+        self.discrete = discrete
+        out = out.float()
+        if discrete:
+            self.dist = OneHotCategorical(logits=out)
+        else:
+            mean, std = out.chunk(2, -1)
+            # DreamerV2's truncated-normal parameterisation; samples are clipped with straight-through
+            # gradients instead of truncated, which keeps rsample cheap and the entropy analytic.
+            self.dist = Normal(torch.tanh(mean), 2.0 * torch.sigmoid(std / 2.0) + min_std)
+
+    def rsample(self) -> Tensor:
+        if self.discrete:
+            sample = self.dist.sample()
+            probs = self.dist.probs
+            return sample + probs - probs.detach()
+        x = self.dist.rsample()
+        return x + (x.clamp(-1.0, 1.0) - x).detach()
+
+    def sample(self) -> Tensor:
+        with torch.no_grad():
+            return self.rsample()
+
+    def mode(self) -> Tensor:
+        if self.discrete:
+            idx = self.dist.probs.argmax(-1)
+            return nn.functional.one_hot(idx, self.dist.probs.shape[-1]).float()
+        return self.dist.mean
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        if self.discrete:
+            return self.dist.log_prob(action)
+        return self.dist.log_prob(action).sum(-1)
+
+    def entropy(self) -> Tensor:
+        if self.discrete:
+            return self.dist.entropy()
+        return self.dist.entropy().sum(-1)
+
+
+class ActorCritic(L.LightningModule):
+    """Actor and critic trained on imagined rollouts of a (frozen) world model.
+
+    ``actor_grad='auto'`` backpropagates returns through the dynamics for continuous actions and uses
+    REINFORCE for discrete ones, as DreamerV2 does on DMC and Atari.
+    """
+
+    def __init__(
+        self,
+        feat_dim: int,
+        action_dim: int,
+        discrete: bool = False,
+        *,
+        units: int = 400,
+        layers: int = 4,
+        horizon: int = 15,
+        discount: float = 0.99,
+        lambda_: float = 0.95,
+        actor_entropy: float = 1e-4,
+        actor_grad: Literal["auto", "dynamics", "reinforce"] = "auto",
+        min_std: float = 0.1,
+        slow_critic_every: int = 100,
+        slow_critic_fraction: float = 1.0,
+        return_norm: bool = False,
+        imag_starts: int = 0,
+    ) -> None:
+        super().__init__()
+        if actor_grad not in ("auto", "dynamics", "reinforce"):
+            raise ValueError(f"actor_grad must be auto, dynamics or reinforce; got {actor_grad!r}")
+        if actor_grad == "dynamics" and discrete:
+            raise ValueError("actor_grad='dynamics' needs continuous actions; use 'reinforce' for discrete")
+        self.discrete = discrete
+        self.actor_grad = ("reinforce" if discrete else "dynamics") if actor_grad == "auto" else actor_grad
+        self.horizon, self.discount, self.lambda_ = horizon, discount, lambda_
+        self.actor_entropy, self.min_std = actor_entropy, min_std
+        self.slow_critic_every, self.slow_critic_fraction = slow_critic_every, slow_critic_fraction
+        self.return_norm, self.imag_starts = return_norm, imag_starts
+        self.actor = mlp(feat_dim, action_dim if discrete else 2 * action_dim, hidden=units, layers=layers)
+        self.critic = mlp(feat_dim, 1, hidden=units, layers=layers)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        # Percentile range of returns, EMA-smoothed (DreamerV3's normaliser), only used if return_norm.
+        self.register_buffer("return_range", torch.zeros(()))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def action_dist(self, feat: Tensor) -> ActionDist:
+        return ActionDist(self.actor(feat), discrete=self.discrete, min_std=self.min_std)
+
+    def imagine(self, world_model: WorldModel, start: State) -> tuple[Tensor, Tensor]:
+        """Rolls the prior forward ``horizon`` steps from ``start`` ([N, ...]). Returns feats [H+1, N, F]
+        and actions [H, N, A]."""
+        state = start
+        feats, actions = [world_model.feat(state)], []
+        for _ in range(self.horizon):
+            action = self.action_dist(feats[-1].detach()).rsample()
+            state, _ = world_model.rssm.img_step(state, action.to(state[0].dtype))
+            feats.append(world_model.feat(state))
+            actions.append(action)
+        return torch.stack(feats), torch.stack(actions)
+
+    def loss(self, world_model: WorldModel, start: State) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Actor and critic losses from imagination starting at (detached) posterior states."""
+        deter, stoch = (s.detach().flatten(0, -2) for s in start)
+        if self.imag_starts and deter.shape[0] > self.imag_starts:
+            idx = torch.randperm(deter.shape[0], device=deter.device)[: self.imag_starts]
+            deter, stoch = deter[idx], stoch[idx]
+        with world_model.frozen():
+            feats, actions = self.imagine(world_model, (deter, stoch))
+            reward = world_model.reward_head(feats[1:]).float().squeeze(-1)
+            discount = self.discount * world_model.continue_prob(feats[1:]).squeeze(-1)
+        value = self.slow_critic(feats).float().squeeze(-1)
+        target = lambda_return(reward, value, discount, lambda_=self.lambda_)  # [H, N]
+        with torch.no_grad():
+            weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0)
+
+        dist = self.action_dist(feats[:-1].detach())
+        entropy = dist.entropy()
+        if self.return_norm:
+            self._update_return_scale(target.detach())
+        scale = self.return_range.clamp(min=1.0) if self.return_norm else torch.ones_like(self.return_range)
+        if self.actor_grad == "dynamics":
+            objective = target / scale
+        else:
+            baseline = self.critic(feats[:-1].detach()).float().squeeze(-1)
+            advantage = ((target - baseline) / scale).detach()
+            objective = dist.log_prob(actions.detach()) * advantage
+        actor_loss = -(weight * (objective + self.actor_entropy * entropy)).mean()
+
+        value_pred = self.critic(feats[:-1].detach()).float().squeeze(-1)
+        critic_loss = (weight * 0.5 * (value_pred - target.detach()).pow(2)).mean()
+        metrics = {
+            "imag_return": target[0].mean().detach(),
+            "imag_reward": reward.mean().detach(),
+            "actor_entropy": entropy.mean().detach(),
+            "value": value_pred.mean().detach(),
+            "return_scale": scale.detach().clone(),
+        }
+        return {"actor": actor_loss, "critic": critic_loss}, metrics
+
+    @torch.no_grad()
+    def _update_return_scale(self, target: Tensor, decay: float = 0.99) -> None:
+        flat = target.flatten()
+        spread = torch.quantile(flat, 0.95) - torch.quantile(flat, 0.05)
+        self.return_range.mul_(decay).add_(spread, alpha=1 - decay)
+
+    @torch.no_grad()
+    def after_update(self) -> None:
+        """Counts updates and refreshes the slow critic every ``slow_critic_every`` updates."""
+        if self.updates % self.slow_critic_every == 0:
+            mix = self.slow_critic_fraction
+            for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
+                slow.mul_(1 - mix).add_(fast, alpha=mix)
+        self.updates += 1

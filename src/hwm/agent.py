@@ -1,0 +1,152 @@
+"""The top-level LightningModule: orchestrates world model, harmonizer and actor-critic; the only one that logs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+
+from hwm.actor_critic import ActorCritic
+from hwm.data import EnvInfo
+from hwm.harmonizer import Harmonizer, HarmonizerMode
+from hwm.policy import DreamerPolicy
+from hwm.world_model import WorldModel
+
+
+class HarmonyDreamAgent(L.LightningModule):
+    """HarmonyDream on a DreamerV2 base, trained with manual optimization (three optimizers per update).
+
+    Args:
+        env_info: observation/action shapes; the CLI links it from the data module.
+        world_model: the world model class and its settings (``WorldModel(obs_shape, action_dim, ...)``).
+        actor_critic: the actor-critic class and its settings (``ActorCritic(feat_dim, action_dim, discrete)``).
+        harmonizer_mode: ``rectified`` (paper), ``unrectified``, ``fixed`` (DreamerV2 weights) or ``off``.
+        harmonizer_weights: constant per-task weights for ``fixed`` mode (obs, reward, dynamics).
+        continue_scale: fixed weight of the continue loss, which is never harmonized.
+        model_lr, actor_lr, critic_lr: Adam learning rates; the harmonizers use ``model_lr``.
+        eps, weight_decay, grad_clip: shared optimizer settings (DreamerV2: 1e-5, 1e-6, 100).
+        log_every: updates between metric logs.
+    """
+
+    def __init__(
+        self,
+        env_info: EnvInfo,
+        *,
+        world_model: Callable[[tuple[int, ...], int], WorldModel] = WorldModel,
+        actor_critic: Callable[[int, int, bool], ActorCritic] = ActorCritic,
+        harmonizer_mode: HarmonizerMode = "rectified",
+        harmonizer_weights: dict[str, float] | None = None,
+        continue_scale: float = 1.0,
+        model_lr: float = 3e-4,
+        actor_lr: float = 8e-5,
+        critic_lr: float = 8e-5,
+        eps: float = 1e-5,
+        weight_decay: float = 1e-6,
+        grad_clip: float = 100.0,
+        log_every: int = 50,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.env_info = env_info
+        self.world_model = world_model(tuple(env_info.obs_shape), env_info.action_dim)
+        self.actor_critic = actor_critic(self.world_model.rssm.feat_dim, env_info.action_dim, env_info.discrete)
+        self.harmonizer = Harmonizer(("obs", "reward", "dynamics"), mode=harmonizer_mode, weights=harmonizer_weights)
+        self.continue_scale = continue_scale
+        self.model_lr, self.actor_lr, self.critic_lr = model_lr, actor_lr, critic_lr
+        self.eps, self.weight_decay, self.grad_clip = eps, weight_decay, grad_clip
+        self.log_every = max(1, log_every)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._last_log: tuple[float, int] | None = None
+        self._policy: DreamerPolicy | None = None
+
+    def policy(self) -> DreamerPolicy:
+        if self._policy is None:
+            # Not a registered submodule: the policy shares our networks and must not duplicate them.
+            object.__setattr__(self, "_policy", DreamerPolicy(self.world_model, self.actor_critic))
+        return self._policy
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        def adam(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(params, lr=lr, eps=self.eps, weight_decay=self.weight_decay)
+
+        # The harmonizers join the world-model optimizer, as in the paper's code.
+        model_params = list(self.world_model.parameters()) + list(self.harmonizer.parameters())
+        return [
+            adam(model_params, self.model_lr),
+            adam(list(self.actor_critic.actor.parameters()), self.actor_lr),
+            adam(list(self.actor_critic.critic.parameters()), self.critic_lr),
+        ]
+
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+        model_opt, actor_opt, critic_opt = self.optimizers()
+
+        losses, posterior, wm_metrics = self.world_model.loss(batch)
+        harmonized, harmony_metrics = self.harmonizer(losses)
+        model_loss = harmonized + self.continue_scale * losses["continue"]
+        model_opt.zero_grad(set_to_none=True)
+        self.manual_backward(model_loss)
+        model_grad = self._clip(model_opt)
+        model_opt.step()
+
+        ac_losses, ac_metrics = self.actor_critic.loss(self.world_model, posterior)
+        actor_opt.zero_grad(set_to_none=True)
+        critic_opt.zero_grad(set_to_none=True)
+        # The actor and critic losses touch disjoint parameters, so one backward serves both.
+        self.manual_backward(ac_losses["actor"] + ac_losses["critic"])
+        actor_grad, critic_grad = self._clip(actor_opt), self._clip(critic_opt)
+        actor_opt.step()
+        critic_opt.step()
+        self.actor_critic.after_update()
+        self.updates += 1
+
+        data_metrics = self._datamodule_metrics()
+        if int(self.updates) % self.log_every == 0 or data_metrics:
+            metrics: dict[str, Any] = {f"loss/{k}": v for k, v in losses.items()}
+            metrics["loss/model_total"] = model_loss
+            metrics.update({f"loss/{k}": v for k, v in ac_losses.items()})
+            metrics.update({f"harmonizer/{k}": v for k, v in harmony_metrics.items()})
+            metrics.update({f"world_model/{k}": v for k, v in wm_metrics.items()})
+            metrics.update({f"actor_critic/{k}": v for k, v in ac_metrics.items()})
+            metrics.update({"grad_norm/model": model_grad, "grad_norm/actor": actor_grad, "grad_norm/critic": critic_grad})
+            metrics.update(data_metrics)
+            self._log(metrics)
+
+    def _clip(self, optimizer: Any) -> Tensor:
+        """Clips by global norm through Lightning (so mixed precision unscales first); returns the norm."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        norm = torch.nn.utils.get_total_norm(grads)
+        if self.grad_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        return norm
+
+    def _datamodule_metrics(self) -> dict[str, float]:
+        dm = getattr(self.trainer, "datamodule", None)
+        return dm.pop_metrics() if dm is not None and hasattr(dm, "pop_metrics") else {}
+
+    def _counters(self) -> Mapping[str, float]:
+        dm = getattr(self.trainer, "datamodule", None)
+        return getattr(dm, "counters", {})
+
+    def _log(self, metrics: dict[str, Any]) -> None:
+        counters = self._counters()
+        frames = int(counters.get("env_frames", 0))
+        now, updates = time.perf_counter(), int(self.updates)
+        if self._last_log is not None and updates > self._last_log[1]:
+            metrics["perf/updates_per_s"] = (updates - self._last_log[1]) / max(now - self._last_log[0], 1e-9)
+        self._last_log = (now, updates)
+        metrics["progress/updates"] = updates
+        metrics["progress/env_frames"] = frames
+        metrics["progress/episodes"] = counters.get("episodes", 0)
+        flat = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in metrics.items()}
+        if self.logger is not None and self.trainer.is_global_zero:
+            # Keyed by env frames, the x-axis papers use; Lightning's global_step counts optimizer steps.
+            self.logger.log_metrics(flat, step=frames)
+        bar = {k: flat[k] for k in ("train/episode_return", "eval/return") if k in flat}
+        self._bar_metrics = {**getattr(self, "_bar_metrics", {}), **bar}

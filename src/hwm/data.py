@@ -1,0 +1,241 @@
+"""Lightning data module: a TorchRL collector feeds a sequence replay buffer at a fixed train ratio."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from tensordict import TensorDictBase
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase, RewardSum
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from hwm.envs import make_env
+from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What the agent needs to know about the env to build its networks."""
+
+    obs_shape: tuple[int, ...]
+    action_dim: int
+    discrete: bool
+    action_repeat: int
+
+
+class ReplayDataModule(L.LightningDataModule):
+    """Collects with the agent's policy and replays fixed-length sequences.
+
+    Budgets are in env frames (agent steps x action repeat), as papers report them. ``train_ratio`` is
+    replayed steps per agent step (DreamerV3's definition): each collected agent step earns
+    ``train_ratio / (batch_size * seq_len)`` updates. The stream ends when ``total_frames`` are collected,
+    which ends the Lightning epoch and the run.
+
+    Args:
+        task: DMC ``domain-task``, e.g. ``cartpole-balance``.
+        from_pixels: 64x64 RGB observations instead of state vectors.
+        action_repeat: env frames per agent step.
+        time_limit: episode length in env frames.
+        total_frames: env-frame budget of the run.
+        prefill_frames: random-action frames collected before the first update.
+        train_ratio: replayed steps per agent step.
+        batch_size, seq_len: replay batch shape.
+        capacity: replay capacity in agent steps.
+        eval_every: env frames between evaluation runs (0: only at the end).
+        eval_episodes: episodes per evaluation (actor's mode, no exploration).
+        fast_render: MuJoCo offscreen quality knobs that keep the picture but render 3-4x faster.
+        seed: seeds the training env; the evaluation env uses ``seed + 1000``.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: str = "cartpole-balance",
+        from_pixels: bool = False,
+        image_size: int = 64,
+        action_repeat: int = 2,
+        time_limit: int = 1000,
+        total_frames: int = 100_000,
+        prefill_frames: int = 5_000,
+        train_ratio: float = 160.0,
+        batch_size: int = 16,
+        seq_len: int = 50,
+        capacity: int = 1_000_000,
+        eval_every: int = 10_000,
+        eval_episodes: int = 5,
+        fast_render: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("total_frames", total_frames), ("batch_size", batch_size), ("seq_len", seq_len)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1; got {value}")
+        if train_ratio <= 0:
+            raise ValueError(f"data.train_ratio must be > 0; got {train_ratio}")
+        if prefill_frames < 0 or eval_every < 0 or eval_episodes < 0:
+            raise ValueError("data.prefill_frames, data.eval_every and data.eval_episodes must be >= 0")
+        self.env_kwargs: dict[str, Any] = dict(
+            task=task,
+            from_pixels=from_pixels,
+            image_size=image_size,
+            action_repeat=action_repeat,
+            time_limit=time_limit,
+            fast_render=fast_render,
+        )
+        self.action_repeat = action_repeat
+        self.total_frames, self.prefill_frames = total_frames, prefill_frames
+        self.train_ratio, self.batch_size, self.seq_len = train_ratio, batch_size, seq_len
+        self.capacity = capacity
+        self.eval_every, self.eval_episodes = eval_every, eval_episodes
+        self.seed = seed
+        # Probing the env here (not in setup) validates the task early and lets the CLI hand its shapes to
+        # the agent's constructor.
+        probe = make_env(**self.env_kwargs, seed=seed)
+        try:
+            obs_key = "pixels" if from_pixels else "observation"
+            obs_shape = tuple(probe.observation_spec[obs_key].shape)
+            action_spec = probe.action_spec
+            discrete = action_spec.dtype in (torch.int64, torch.bool) or "OneHot" in type(action_spec).__name__
+            self.env_info = EnvInfo(obs_shape, int(action_spec.shape[-1]), discrete, action_repeat)
+        finally:
+            probe.close()
+        self.counters: dict[str, float] = {"env_frames": 0, "agent_steps": 0, "episodes": 0, "credit": 0.0}
+        self._pending: dict[str, float] = {}
+        self.collector: Collector | None = None
+        self.buffer = make_replay_buffer(capacity=capacity, batch_size=batch_size, seq_len=seq_len)
+        self._next_eval = eval_every if eval_every else math.inf
+        self._policy: Any = None
+
+    # -- wiring -------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        agent = self.trainer.lightning_module if self.trainer is not None else None
+        if agent is not None and self._policy is None:
+            self.attach_policy(agent.policy())
+
+    def attach_policy(self, policy: Any) -> None:
+        """Builds the collector around the agent's recurrent policy (its latent rides in the tensordict)."""
+        self._policy = policy
+        env = self._make_env(self.seed)
+        self.collector = Collector(
+            env,
+            policy,
+            frames_per_batch=self.steps_per_collect,
+            total_frames=-1,
+            init_random_frames=self.prefill_frames // self.action_repeat,
+            exploration_type=ExplorationType.RANDOM,
+        )
+
+    def _make_env(self, seed: int) -> EnvBase:
+        env = make_env(**self.env_kwargs, seed=seed)
+        env.append_transform(self._policy.make_primer())
+        env.append_transform(RewardSum())
+        return env
+
+    @property
+    def replayed_steps(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def steps_per_collect(self) -> int:
+        """Agent steps per collector batch: one update's worth when updates are rarer than steps."""
+        return max(1, round(self.replayed_steps / self.train_ratio))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_ReplayStream(self), batch_size=None, num_workers=0, collate_fn=_identity)
+
+    # -- the stream -----------------------------------------------------------------------------------------
+    def batches(self) -> Iterator[TensorDictBase]:
+        assert self.collector is not None, "attach_policy() must run before batches()"
+        per_step = self.train_ratio / self.replayed_steps
+        prefill_steps = self.prefill_frames // self.action_repeat
+        for data in self.collector:
+            self._ingest(data)
+            if self.counters["agent_steps"] > prefill_steps:
+                self.counters["credit"] += data.numel() * per_step
+            while self.counters["credit"] >= 1.0 and len(self.buffer) >= self.seq_len:
+                self.counters["credit"] -= 1.0
+                yield sample_sequences(self.buffer, self.batch_size, self.seq_len)
+            if self.counters["env_frames"] >= self._next_eval:
+                self._next_eval += self.eval_every
+                self.evaluate()
+            if self.counters["env_frames"] >= self.total_frames:
+                break
+        if self.eval_episodes:
+            self.evaluate()
+
+    def _ingest(self, data: TensorDictBase) -> None:
+        data = data.reshape(-1)
+        keep = ["action", ("next", self._obs_key()), ("next", "reward"), ("next", "terminated"), ("next", "done"), TRAJ_KEY]
+        self.buffer.extend(data.select(*keep))
+        steps = data.numel()
+        self.counters["agent_steps"] += steps
+        self.counters["env_frames"] += steps * self.action_repeat
+        done = data.get(("next", "done")).reshape(-1)
+        if done.any():
+            returns = data.get(("next", "episode_reward")).reshape(-1)[done]
+            self.counters["episodes"] += int(done.sum())
+            self._pending["train/episode_return"] = float(returns[-1])
+            self._pending["train/episodes"] = self.counters["episodes"]
+
+    def _obs_key(self) -> str:
+        return "pixels" if self.env_kwargs["from_pixels"] else "observation"
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Runs ``eval_episodes`` episodes with the actor's mode; queues eval/return for the agent to log."""
+        if not self.eval_episodes:
+            return float("nan")
+        start = time.perf_counter()
+        env = self._make_env(self.seed + 1000 + int(self.counters["episodes"]))
+        max_steps = self.env_kwargs["time_limit"] // self.action_repeat
+        returns = []
+        try:
+            with set_exploration_type(ExplorationType.DETERMINISTIC):
+                for _ in range(self.eval_episodes):
+                    rollout = env.rollout(max_steps, self._policy, break_when_any_done=True)
+                    returns.append(float(rollout.get(("next", "reward")).sum()))
+        finally:
+            env.close()
+        mean = sum(returns) / len(returns)
+        self._pending["eval/return"] = mean
+        self._pending["eval/return_std"] = float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0
+        self._pending["time/eval_s"] = time.perf_counter() - start
+        return mean
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Metrics gathered since the last call (the agent logs them: only it logs)."""
+        out, self._pending = self._pending, {}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counters": dict(self.counters), "next_eval": self._next_eval}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counters.update(state["counters"])
+        self._next_eval = state["next_eval"]
+
+    def teardown(self, stage: str) -> None:
+        if self.collector is not None:
+            self.collector.shutdown()
+            self.collector = None
+            self._policy = None
+
+
+def _identity(batch: TensorDictBase) -> TensorDictBase:
+    # The default conversion would turn the TensorDict into a plain dict.
+    return batch
+
+
+class _ReplayStream(IterableDataset):
+    def __init__(self, datamodule: ReplayDataModule) -> None:
+        self.datamodule = datamodule
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        return self.datamodule.batches()

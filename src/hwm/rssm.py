@@ -1,0 +1,114 @@
+"""DreamerV2 recurrent state-space model: GRU deterministic state + categorical stochastic state."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from hwm.networks import NormGRUCell
+
+State = tuple[Tensor, Tensor]  # (deter [..., D], stoch [..., S*K] one-hot samples, flattened)
+
+
+def sample_straight_through(logits: Tensor) -> Tensor:
+    """One-hot sample per categorical (last dim) with straight-through gradients to the probabilities."""
+    probs = logits.softmax(-1)
+    # Gumbel-max draws the same distribution as multinomial but stays one batched op.
+    gumbel = -torch.log(-torch.log(torch.rand_like(probs).clamp_(1e-20, 1.0)))
+    index = (logits.detach() + gumbel).argmax(-1)
+    one_hot = F.one_hot(index, logits.shape[-1]).to(probs.dtype)
+    return one_hot + probs - probs.detach()
+
+
+class RSSM(nn.Module):
+    """Prior p(z_t | h_t), posterior q(z_t | h_t, e_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}).
+
+    The input layers are split by source (stoch/action, deter/embed) so that the action and embedding
+    parts are computed for the whole sequence at once, outside the per-step Python loop; the prior of a
+    whole observed sequence is likewise computed in one call after the loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        action_dim: int,
+        embed_dim: int,
+        deter: int = 200,
+        hidden: int = 200,
+        stoch: int = 32,
+        classes: int = 32,
+    ) -> None:
+        super().__init__()
+        self.deter_dim, self.stoch, self.classes = deter, stoch, classes
+        self.stoch_dim = stoch * classes
+        self.img_in_stoch = nn.Linear(self.stoch_dim, hidden)
+        self.img_in_action = nn.Linear(action_dim, hidden, bias=False)
+        self.cell = NormGRUCell(hidden, deter)
+        self.prior_net = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, self.stoch_dim))
+        self.post_in_deter = nn.Linear(deter, hidden)
+        self.post_in_embed = nn.Linear(embed_dim, hidden, bias=False)
+        self.post_out = nn.Sequential(nn.ELU(), nn.Linear(hidden, self.stoch_dim))
+
+    @property
+    def feat_dim(self) -> int:
+        return self.deter_dim + self.stoch_dim
+
+    def initial(self, batch_shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> State:
+        return (
+            torch.zeros(*batch_shape, self.deter_dim, device=device, dtype=dtype),
+            torch.zeros(*batch_shape, self.stoch_dim, device=device, dtype=dtype),
+        )
+
+    def _logits(self, flat: Tensor) -> Tensor:
+        return flat.unflatten(-1, (self.stoch, self.classes))
+
+    def _sample(self, logits: Tensor) -> Tensor:
+        return sample_straight_through(logits).flatten(-2)
+
+    def prior_logits(self, deter: Tensor) -> Tensor:
+        return self._logits(self.prior_net(deter))
+
+    def deter_step(self, state: State, action_proj: Tensor) -> Tensor:
+        deter, stoch = state
+        x = F.elu(self.img_in_stoch(stoch) + action_proj)
+        return self.cell(x, deter)
+
+    def img_step(self, state: State, action: Tensor) -> tuple[State, Tensor]:
+        """One prior step; returns the new state and its prior logits [..., S, K]."""
+        deter = self.deter_step(state, self.img_in_action(action))
+        logits = self.prior_logits(deter)
+        return (deter, self._sample(logits)), logits
+
+    def obs_step(self, state: State, action: Tensor, embed: Tensor) -> tuple[State, Tensor]:
+        """One posterior step (used when acting); returns the new state and its posterior logits."""
+        deter = self.deter_step(state, self.img_in_action(action))
+        logits = self._logits(self.post_out(self.post_in_deter(deter) + self.post_in_embed(embed)))
+        return (deter, self._sample(logits)), logits
+
+    def observe(self, embed: Tensor, action: Tensor, state: State | None = None) -> dict[str, Tensor]:
+        """Posterior rollout over a [B, T] sequence: input t is (a_{t-1}, e_t).
+
+        Returns deter [B,T,D], stoch [B,T,S*K], post_logits and prior_logits [B,T,S,K].
+        """
+        B, T = embed.shape[:2]
+        assert action.shape[:2] == (B, T), f"action {tuple(action.shape)} vs embed {tuple(embed.shape)}"
+        if state is None:
+            state = self.initial((B,), embed.device, embed.dtype)
+        action_proj = self.img_in_action(action)
+        embed_proj = self.post_in_embed(embed)
+        deters, stochs, post = [], [], []
+        for t in range(T):
+            deter = self.deter_step(state, action_proj[:, t])
+            logits = self._logits(self.post_out(self.post_in_deter(deter) + embed_proj[:, t]))
+            state = (deter, self._sample(logits))
+            deters.append(deter)
+            stochs.append(state[1])
+            post.append(logits)
+        deter = torch.stack(deters, 1)
+        return {
+            "deter": deter,
+            "stoch": torch.stack(stochs, 1),
+            "post_logits": torch.stack(post, 1),
+            "prior_logits": self.prior_logits(deter),
+        }

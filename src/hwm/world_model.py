@@ -1,0 +1,135 @@
+"""DreamerV2 world model: encoder, RSSM, decoder, reward and continue heads; loss as named terms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import lightning as L
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor, nn
+
+from hwm.losses import balanced_kl, bernoulli_nll, unit_gaussian_nll
+from hwm.networks import ConvDecoder, ConvEncoder, flat_dim, mlp
+from hwm.rssm import RSSM, State
+
+TASKS: tuple[str, ...] = ("obs", "reward", "dynamics", "continue")
+
+
+class WorldModel(L.LightningModule):
+    """Learns p(o|z), p(r|z), p(c|z) and the latent dynamics from replayed [B, T] sequences.
+
+    Observations of rank 3 are (C, 64, 64) uint8 images and use the CNN encoder/decoder; rank-1
+    observations are state vectors and use MLPs. A batch holds TorchRL transitions: input step t is
+    (``action`` a_t, ``("next", obs_key)`` o_{t+1}, ``("next", "reward")``, ``("next", "terminated")``).
+    """
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        action_dim: int,
+        *,
+        deter: int = 200,
+        hidden: int = 200,
+        stoch: int = 32,
+        classes: int = 32,
+        cnn_depth: int = 32,
+        mlp_units: int = 400,
+        mlp_layers: int = 4,
+        kl_balance: float = 0.8,
+        free_nats: float = 0.0,
+        continue_head: bool = True,
+    ) -> None:
+        super().__init__()
+        self.obs_shape = tuple(int(s) for s in obs_shape)
+        self.pixels = len(self.obs_shape) == 3
+        self.obs_key = "pixels" if self.pixels else "observation"
+        self.action_dim = action_dim
+        self.kl_balance, self.free_nats = kl_balance, free_nats
+        if self.pixels:
+            self.encoder: nn.Module = ConvEncoder(depth=cnn_depth, in_channels=self.obs_shape[0])
+            embed_dim = self.encoder.out_dim
+        else:
+            obs_dim = flat_dim(self.obs_shape)
+            self.encoder = nn.Sequential(mlp(obs_dim, mlp_units, hidden=mlp_units, layers=mlp_layers - 1), nn.ELU())
+            embed_dim = mlp_units
+        self.rssm = RSSM(
+            action_dim=action_dim, embed_dim=embed_dim, deter=deter, hidden=hidden, stoch=stoch, classes=classes
+        )
+        feat = self.rssm.feat_dim
+        if self.pixels:
+            self.decoder: nn.Module = ConvDecoder(feat, depth=cnn_depth, out_channels=self.obs_shape[0])
+        else:
+            self.decoder = mlp(feat, flat_dim(self.obs_shape), hidden=mlp_units, layers=mlp_layers)
+        self.reward_head = mlp(feat, 1, hidden=mlp_units, layers=mlp_layers)
+        self.continue_head = mlp(feat, 1, hidden=mlp_units, layers=mlp_layers) if continue_head else None
+
+    @staticmethod
+    def feat(state: State) -> Tensor:
+        return torch.cat(state, -1)
+
+    def encode(self, obs: Tensor) -> Tensor:
+        return self.encoder(obs if self.pixels else obs.to(torch.get_default_dtype()))
+
+    def continue_prob(self, feat: Tensor) -> Tensor:
+        if self.continue_head is None:
+            return torch.ones(*feat.shape[:-1], 1, device=feat.device, dtype=torch.float32)
+        return torch.sigmoid(self.continue_head(feat).float())
+
+    def loss(self, batch: TensorDictBase) -> tuple[dict[str, Tensor], State, dict[str, Tensor]]:
+        """Returns (named per-task losses, posterior state [B, T], detached diagnostics)."""
+        obs = batch.get(("next", self.obs_key))
+        action = batch.get("action").to(torch.get_default_dtype())
+        reward = batch.get(("next", "reward")).float()
+        terminated = batch.get(("next", "terminated")).float()
+        B, T = action.shape[:2]
+        assert obs.shape == (B, T, *self.obs_shape), f"obs {tuple(obs.shape)} != {(B, T, *self.obs_shape)}"
+        assert action.shape == (B, T, self.action_dim), f"action {tuple(action.shape)}"
+        assert reward.shape == (B, T, 1), f"reward {tuple(reward.shape)}"
+
+        embed = self.encode(obs)
+        post = self.rssm.observe(embed, action)
+        feat = torch.cat([post["deter"], post["stoch"]], -1)
+
+        if self.pixels:
+            target = obs.float() / 255.0 - 0.5
+            obs_loss = unit_gaussian_nll(self.decoder(feat), target, event_dims=3)
+        else:
+            obs_loss = unit_gaussian_nll(self.decoder(feat), obs, event_dims=1)
+        reward_loss = unit_gaussian_nll(self.reward_head(feat), reward, event_dims=1)
+        dyn_loss, kl = balanced_kl(
+            post["post_logits"], post["prior_logits"], balance=self.kl_balance, free_nats=self.free_nats
+        )
+        if self.continue_head is not None:
+            cont_loss = bernoulli_nll(self.continue_head(feat), 1.0 - terminated).mean()
+        else:
+            cont_loss = torch.zeros((), device=feat.device)
+        losses = {
+            "obs": obs_loss.mean(),
+            "reward": reward_loss.mean(),
+            "dynamics": dyn_loss,
+            "continue": cont_loss,
+        }
+        with torch.no_grad():
+            post_ent = _entropy(post["post_logits"])
+            prior_ent = _entropy(post["prior_logits"])
+        metrics = {"kl": kl, "post_entropy": post_ent, "prior_entropy": prior_ent}
+        return losses, (post["deter"], post["stoch"]), metrics
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Stops parameter gradients (not input gradients) while the actor backpropagates through us."""
+        flags = [p.requires_grad for p in self.parameters()]
+        for p in self.parameters():
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, f in zip(self.parameters(), flags, strict=True):
+                p.requires_grad_(f)
+
+
+def _entropy(logits: Tensor) -> Tensor:
+    logp = logits.float().log_softmax(-1)
+    return -(logp.exp() * logp).sum((-2, -1)).mean()
