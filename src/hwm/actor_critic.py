@@ -23,12 +23,12 @@ class ActionDist:
         self.discrete = discrete
         out = out.float()
         if discrete:
-            self.dist = OneHotCategorical(logits=out)
+            self.dist = OneHotCategorical(logits=out, validate_args=False)
         else:
             mean, std = out.chunk(2, -1)
             # DreamerV2's truncated-normal parameterisation; samples are clipped with straight-through
             # gradients instead of truncated, which keeps rsample cheap and the entropy analytic.
-            self.dist = Normal(torch.tanh(mean), 2.0 * torch.sigmoid(std / 2.0) + min_std)
+            self.dist = Normal(torch.tanh(mean), 2.0 * torch.sigmoid(std / 2.0) + min_std, validate_args=False)
 
     def rsample(self) -> Tensor:
         if self.discrete:
