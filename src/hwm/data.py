@@ -51,7 +51,7 @@ class ReplayDataModule(L.LightningDataModule):
         eval_every: env frames between evaluation runs (0: only at the end).
         eval_episodes: episodes per evaluation (actor's mode, no exploration).
         fast_render: MuJoCo offscreen quality knobs that keep the picture but render 3-4x faster.
-        seed: seeds the training env; the evaluation env uses ``seed + 1000``.
+        seed: seeds the training env; each evaluation env uses ``seed + 1000 + episodes so far``.
     """
 
     def __init__(
@@ -79,6 +79,11 @@ class ReplayDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name} must be >= 1; got {value}")
         if train_ratio <= 0:
             raise ValueError(f"data.train_ratio must be > 0; got {train_ratio}")
+        if time_limit // action_repeat < seq_len:
+            raise ValueError(
+                f"data.seq_len ({seq_len}) is longer than an episode ({time_limit} frames / action_repeat "
+                f"{action_repeat} = {time_limit // action_repeat} steps): no sequence could ever be sampled"
+            )
         if prefill_frames < 0 or eval_every < 0 or eval_episodes < 0:
             raise ValueError("data.prefill_frames, data.eval_every and data.eval_episodes must be >= 0")
         self.env_kwargs: dict[str, Any] = dict(
@@ -157,8 +162,10 @@ class ReplayDataModule(L.LightningDataModule):
         prefill_steps = self.prefill_frames // self.action_repeat
         for data in self.collector:
             self._ingest(data)
-            if self.counters["agent_steps"] > prefill_steps:
-                self.counters["credit"] += data.numel() * per_step
+            # Only steps past the prefill earn updates, also when one collect straddles its end.
+            fresh = min(data.numel(), self.counters["agent_steps"] - prefill_steps)
+            if fresh > 0:
+                self.counters["credit"] += fresh * per_step
             while self.counters["credit"] >= 1.0 and len(self.buffer) >= self.seq_len:
                 self.counters["credit"] -= 1.0
                 yield sample_sequences(self.buffer, self.batch_size, self.seq_len)

@@ -21,7 +21,8 @@ class DreamerPolicy(TensorDictModuleBase):
     The latent (deter, stoch, last action) rides in the tensordict under ``STATE_KEYS``: the policy writes
     them to ``("next", key)`` and the env's step moves them to the root, as TorchRL's LSTM modules do.
     ``is_init`` (from ``InitTracker``) zeroes it at episode starts. Sampled actions when the exploration
-    type is RANDOM (collection), the actor's mode otherwise (evaluation).
+    type is RANDOM (collection); otherwise (evaluation) the most likely latent and the actor's mode, so
+    an evaluation is a deterministic function of the env's seed.
     """
 
     def __init__(self, world_model: WorldModel, actor_critic: ActorCritic) -> None:
@@ -53,9 +54,10 @@ class DreamerPolicy(TensorDictModuleBase):
         is_init = td.get("is_init").to(device).reshape(obs.shape[0], 1)
         keep = (~is_init).float()
         deter, stoch, prev_action = deter * keep, stoch * keep, prev_action * keep
-        state, _ = wm.rssm.obs_step((deter, stoch), prev_action, wm.encode(obs))
+        explore = exploration_type() == ExplorationType.RANDOM
+        state, _ = wm.rssm.obs_step((deter, stoch), prev_action, wm.encode(obs), sample=explore)
         dist = self.actor_critic.action_dist(wm.feat(state))
-        action = dist.sample() if exploration_type() == ExplorationType.RANDOM else dist.mode()
+        action = dist.sample() if explore else dist.mode()
         outputs = {"action": action, "policy_deter": state[0], "policy_stoch": state[1], "policy_action": action}
         for key, value in outputs.items():
             value = value.float().squeeze(0) if unbatched else value.float()

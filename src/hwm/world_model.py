@@ -87,6 +87,7 @@ class WorldModel(L.LightningModule):
         assert obs.shape == (B, T, *self.obs_shape), f"obs {tuple(obs.shape)} != {(B, T, *self.obs_shape)}"
         assert action.shape == (B, T, self.action_dim), f"action {tuple(action.shape)}"
         assert reward.shape == (B, T, 1), f"reward {tuple(reward.shape)}"
+        assert terminated.shape == (B, T, 1), f"terminated {tuple(terminated.shape)}"
 
         embed = self.encode(obs)
         post = self.rssm.observe(embed, action)

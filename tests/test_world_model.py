@@ -1,0 +1,197 @@
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from hwm.rssm import RSSM, sample_straight_through
+from hwm.world_model import TASKS, WorldModel
+
+B, T, A = 2, 4, 2
+DETER, STOCH, CLASSES = 16, 4, 4
+TINY = dict(deter=DETER, hidden=16, stoch=STOCH, classes=CLASSES, cnn_depth=4, mlp_units=32, mlp_layers=1)
+STATES, PIXELS = (5,), (3, 64, 64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _batch(obs_shape: tuple[int, ...], *, terminated: bool = False, b: int = B, t: int = T) -> TensorDict:
+    if len(obs_shape) == 3:
+        key, obs = "pixels", torch.randint(0, 256, (b, t, *obs_shape), dtype=torch.uint8)
+    else:
+        key, obs = "observation", torch.randn(b, t, *obs_shape)
+    nxt = {key: obs, "reward": torch.randn(b, t, 1), "terminated": torch.full((b, t, 1), terminated)}
+    return TensorDict({"action": torch.rand(b, t, A) * 2 - 1, "next": nxt}, batch_size=[b, t])
+
+
+def _model(obs_shape, **kwargs) -> WorldModel:
+    return WorldModel(obs_shape, A, **{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("obs_shape", [STATES, PIXELS])
+def test_loss_terms_and_posterior_shapes(obs_shape) -> None:
+    wm = _model(obs_shape)
+    assert wm.pixels == (len(obs_shape) == 3)
+    losses, (deter, stoch), metrics = wm.loss(_batch(obs_shape))
+    assert set(losses) == {"obs", "reward", "dynamics", "continue"} == set(TASKS)
+    for name, value in losses.items():
+        assert value.shape == (), name
+        assert torch.isfinite(value), name
+        assert value.requires_grad, name
+    assert deter.shape == (B, T, DETER)
+    assert stoch.shape == (B, T, STOCH * CLASSES)
+    # The posterior sample is one-hot per categorical.
+    per_cat = stoch.detach().unflatten(-1, (STOCH, CLASSES))
+    torch.testing.assert_close(per_cat.sum(-1), torch.ones(B, T, STOCH))
+    assert set(metrics) == {"kl", "post_entropy", "prior_entropy"}
+    assert all(not v.requires_grad for v in metrics.values())
+    assert 0 < metrics["post_entropy"] <= STOCH * math.log(CLASSES) + 1e-4
+    # The image NLL keeps its normaliser: at least 0.5 log(2 pi) per pixel and channel.
+    floor = 0.5 * math.log(2 * math.pi) * math.prod(obs_shape)
+    assert losses["obs"].item() > floor
+
+
+def _first_layer(wm: WorldModel) -> torch.nn.Parameter:
+    return next(wm.encoder.parameters())
+
+
+@pytest.mark.parametrize("obs_shape", [STATES, PIXELS])
+@pytest.mark.parametrize("task", TASKS)
+def test_each_loss_alone_trains_the_encoder(obs_shape, task: str) -> None:
+    wm = _model(obs_shape)  # free_nats=0, so the KL is never clipped to a constant
+    losses, _, _ = wm.loss(_batch(obs_shape))
+    losses[task].backward()
+    grad = _first_layer(wm).grad
+    assert grad is not None and grad.abs().sum() > 0, f"{task} loss does not reach the encoder"
+
+
+def test_continue_target_is_one_minus_terminated() -> None:
+    wm = _model(STATES)
+    last = wm.continue_head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(6.0)  # p(continue) ~ 0.9975 everywhere
+    alive, _, _ = wm.loss(_batch(STATES, terminated=False))
+    dead, _, _ = wm.loss(_batch(STATES, terminated=True))
+    assert alive["continue"].item() == pytest.approx(math.log1p(math.exp(-6.0)), rel=1e-4)
+    assert dead["continue"].item() == pytest.approx(6.0 + math.log1p(math.exp(-6.0)), rel=1e-4)
+
+
+def test_without_continue_head() -> None:
+    wm = _model(STATES, continue_head=False)
+    assert wm.continue_head is None
+    losses, _, _ = wm.loss(_batch(STATES, terminated=True))
+    assert losses["continue"].item() == 0.0
+    feat = torch.randn(3, 5, wm.rssm.feat_dim)
+    prob = wm.continue_prob(feat)
+    assert prob.shape == (3, 5, 1)
+    assert torch.equal(prob, torch.ones(3, 5, 1))
+    # With a head, it is a probability that depends on the feature.
+    prob = _model(STATES).continue_prob(feat)
+    assert prob.shape == (3, 5, 1) and ((prob > 0) & (prob < 1)).all() and prob.std() > 0
+
+
+def test_observe_equals_manual_obs_steps() -> None:
+    rssm = RSSM(action_dim=A, embed_dim=7, deter=DETER, hidden=16, stoch=STOCH, classes=CLASSES)
+    embed, action = torch.randn(B, T, 7), torch.randn(B, T, A)
+    torch.manual_seed(123)
+    out = rssm.observe(embed, action)
+    torch.manual_seed(123)
+    state = rssm.initial((B,), embed.device, embed.dtype)
+    deters, stochs, posts = [], [], []
+    for t in range(T):
+        state, logits = rssm.obs_step(state, action[:, t], embed[:, t])
+        deters.append(state[0])
+        stochs.append(state[1])
+        posts.append(logits)
+    torch.testing.assert_close(out["deter"], torch.stack(deters, 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["stoch"], torch.stack(stochs, 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["post_logits"], torch.stack(posts, 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["prior_logits"], rssm.prior_logits(out["deter"]))
+    assert out["post_logits"].shape == out["prior_logits"].shape == (B, T, STOCH, CLASSES)
+    # The deterministic path depends on the samples: another seed gives another trajectory.
+    torch.manual_seed(321)
+    other = rssm.observe(embed, action)
+    assert not torch.allclose(other["deter"][:, 1:], out["deter"][:, 1:])
+    torch.testing.assert_close(other["deter"][:, 0], out["deter"][:, 0])  # step 0 starts from zeros
+
+
+def test_observe_rejects_mismatched_action() -> None:
+    rssm = RSSM(action_dim=A, embed_dim=7, deter=DETER, hidden=16, stoch=STOCH, classes=CLASSES)
+    with pytest.raises(AssertionError, match="action"):
+        rssm.observe(torch.randn(B, T, 7), torch.randn(B, T + 1, A))
+
+
+def test_straight_through_samples_are_one_hot_with_gradient() -> None:
+    logits = torch.randn(64, 3, 5, requires_grad=True)
+    sample = sample_straight_through(logits)
+    assert sample.shape == logits.shape
+    index = sample.detach().argmax(-1)
+    torch.testing.assert_close(sample.detach(), torch.nn.functional.one_hot(index, 5).float())
+    w = torch.randn(64, 3, 5)
+    (sample * w).sum().backward()
+    # The gradient is the one of the probabilities (straight-through).
+    probs = logits.detach().clone().requires_grad_()
+    (probs.softmax(-1) * w).sum().backward()
+    assert logits.grad.abs().sum() > 0
+    torch.testing.assert_close(logits.grad, probs.grad)
+
+
+def test_straight_through_samples_follow_the_softmax() -> None:
+    logits = torch.tensor([[1.0, 0.0, -1.0, 2.0]]).expand(20000, 4)
+    freq = sample_straight_through(logits).detach().mean(0)
+    torch.testing.assert_close(freq, logits[0].softmax(-1), atol=0.015, rtol=0)
+
+
+def test_frozen_blocks_parameter_grads_but_not_input_grads() -> None:
+    wm = _model(STATES)
+    frozen_before = wm.reward_head[0].bias
+    frozen_before.requires_grad_(False)  # a flag set by someone else must survive
+    action = torch.randn(3, A, requires_grad=True)
+    start = (torch.randn(3, DETER), torch.zeros(3, STOCH * CLASSES))
+    with wm.frozen():
+        assert not any(p.requires_grad for p in wm.parameters())
+        state, _ = wm.rssm.img_step(start, action)
+        wm.reward_head(wm.feat(state)).sum().backward()
+    assert action.grad is not None and action.grad.abs().sum() > 0
+    assert all(p.grad is None for p in wm.parameters())
+    assert not frozen_before.requires_grad
+    assert all(p.requires_grad for p in wm.parameters() if p is not frozen_before)
+
+
+def test_frozen_restores_flags_after_an_exception() -> None:
+    wm = _model(STATES)
+    with pytest.raises(RuntimeError, match="boom"), wm.frozen():
+        raise RuntimeError("boom")
+    assert all(p.requires_grad for p in wm.parameters())
+
+
+@pytest.mark.parametrize(
+    "obs_shape,bad_obs_shape",
+    [(STATES, (6,)), (PIXELS, (3, 32, 32))],
+)
+def test_wrong_observation_shape_is_reported(obs_shape, bad_obs_shape) -> None:
+    wm = _model(obs_shape)
+    with pytest.raises(AssertionError, match="obs") as info:
+        wm.loss(_batch(bad_obs_shape))
+    # The message shows both shapes.
+    assert str((B, T, *bad_obs_shape)) in str(info.value) and str((B, T, *obs_shape)) in str(info.value)
+
+
+def test_wrong_action_and_reward_shapes_are_reported() -> None:
+    wm = _model(STATES)
+    batch = _batch(STATES)
+    batch["action"] = torch.zeros(B, T, A + 1)
+    with pytest.raises(AssertionError, match="action"):
+        wm.loss(batch)
+    batch = _batch(STATES)
+    batch["next", "reward"] = torch.zeros(B, T, 2)
+    with pytest.raises(AssertionError, match="reward"):
+        wm.loss(batch)
