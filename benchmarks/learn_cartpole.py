@@ -96,21 +96,33 @@ def write_outputs(data: dict, summary: dict, out: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     if data["train"]:
-        ax1.plot([m for m, _, _ in data["train"]], [v for _, _, v in data["train"]], ".", alpha=0.4, label="train episode")
-    ax1.plot([m for m, _, _ in data["eval"]], [v for _, _, v in data["eval"]], "o-", label="evaluation (mode)")
+        ax1.plot(
+            [m for m, _, _ in data["train"]],
+            [v for _, _, v in data["train"]],
+            ".",
+            alpha=0.4,
+            label="train episode",
+        )
+    ax1.plot(
+        [m for m, _, _ in data["eval"]], [v for _, _, v in data["eval"]], "o-", label="evaluation (mode)"
+    )
     ax1.axhline(summary["threshold"], color="grey", ls="--", lw=1)
     ax1.set(xlabel="wall-clock minutes (2-core CPU)", ylabel="return", title="cartpole-balance from states")
     ax1.legend()
     for w, h in data["weights"].items():
         ax2.plot([m for m, _, _ in h], [v for _, _, v in h], label=f"1/σ {w}")
-    ax2.set(xlabel="wall-clock minutes", ylabel="harmonizer weight 1/σ", yscale="log", title="harmonizer weights")
+    ax2.set(
+        xlabel="wall-clock minutes", ylabel="harmonizer weight 1/σ", yscale="log", title="harmonizer weights"
+    )
     ax2.legend()
     fig.tight_layout()
     fig.savefig(out / "learning_curve.png", dpi=110)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=REPO / "conf" / "cartpole_balance.yaml")
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock limit of the training run")
     parser.add_argument("--threshold", type=float, default=800.0)

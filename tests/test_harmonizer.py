@@ -84,7 +84,9 @@ def test_gradient_of_s_is_the_analytic_one() -> None:
 def test_fixed_and_off_have_no_parameters_and_extra_keys_are_ignored() -> None:
     for mode in ("fixed", "off"):
         assert list(Harmonizer(TASKS, mode=mode).parameters()) == []
-    total, _ = Harmonizer(TASKS, mode="off")(_losses({"obs": 1.0, "reward": 1.0, "dynamics": 1.0, "continue": 9.0}))
+    total, _ = Harmonizer(TASKS, mode="off")(
+        _losses({"obs": 1.0, "reward": 1.0, "dynamics": 1.0, "continue": 9.0})
+    )
     assert total.item() == pytest.approx(3.0)
 
 

@@ -28,7 +28,9 @@ class ActionDist:
             mean, std = out.chunk(2, -1)
             # DreamerV2's truncated-normal parameterisation; samples are clipped with straight-through
             # gradients instead of truncated, which keeps rsample cheap and the entropy analytic.
-            self.dist = Normal(torch.tanh(mean), 2.0 * torch.sigmoid(std / 2.0) + min_std, validate_args=False)
+            self.dist = Normal(
+                torch.tanh(mean), 2.0 * torch.sigmoid(std / 2.0) + min_std, validate_args=False
+            )
 
     def rsample(self) -> Tensor:
         if self.discrete:

@@ -54,8 +54,12 @@ class HarmonyDreamAgent(L.LightningModule):
         self.automatic_optimization = False
         self.env_info = env_info
         self.world_model = world_model(tuple(env_info.obs_shape), env_info.action_dim)
-        self.actor_critic = actor_critic(self.world_model.rssm.feat_dim, env_info.action_dim, env_info.discrete)
-        self.harmonizer = Harmonizer(("obs", "reward", "dynamics"), mode=harmonizer_mode, weights=harmonizer_weights)
+        self.actor_critic = actor_critic(
+            self.world_model.rssm.feat_dim, env_info.action_dim, env_info.discrete
+        )
+        self.harmonizer = Harmonizer(
+            ("obs", "reward", "dynamics"), mode=harmonizer_mode, weights=harmonizer_weights
+        )
         self.continue_scale = continue_scale
         self.model_lr, self.actor_lr, self.critic_lr = model_lr, actor_lr, critic_lr
         self.eps, self.weight_decay, self.grad_clip = eps, weight_decay, grad_clip
@@ -112,7 +116,13 @@ class HarmonyDreamAgent(L.LightningModule):
             metrics.update({f"harmonizer/{k}": v for k, v in harmony_metrics.items()})
             metrics.update({f"world_model/{k}": v for k, v in wm_metrics.items()})
             metrics.update({f"actor_critic/{k}": v for k, v in ac_metrics.items()})
-            metrics.update({"grad_norm/model": model_grad, "grad_norm/actor": actor_grad, "grad_norm/critic": critic_grad})
+            metrics.update(
+                {
+                    "grad_norm/model": model_grad,
+                    "grad_norm/actor": actor_grad,
+                    "grad_norm/critic": critic_grad,
+                }
+            )
             metrics.update(data_metrics)
             self._log(metrics)
 

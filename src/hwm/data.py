@@ -107,7 +107,9 @@ class ReplayDataModule(L.LightningDataModule):
             obs_key = "pixels" if from_pixels else "observation"
             obs_shape = tuple(probe.observation_spec[obs_key].shape)
             action_spec = probe.action_spec
-            discrete = action_spec.dtype in (torch.int64, torch.bool) or "OneHot" in type(action_spec).__name__
+            discrete = (
+                action_spec.dtype in (torch.int64, torch.bool) or "OneHot" in type(action_spec).__name__
+            )
             self.env_info = EnvInfo(obs_shape, int(action_spec.shape[-1]), discrete, action_repeat)
         finally:
             probe.close()
@@ -179,7 +181,14 @@ class ReplayDataModule(L.LightningDataModule):
 
     def _ingest(self, data: TensorDictBase) -> None:
         data = data.reshape(-1)
-        keep = ["action", ("next", self._obs_key()), ("next", "reward"), ("next", "terminated"), ("next", "done"), TRAJ_KEY]
+        keep = [
+            "action",
+            ("next", self._obs_key()),
+            ("next", "reward"),
+            ("next", "terminated"),
+            ("next", "done"),
+            TRAJ_KEY,
+        ]
         self.buffer.extend(data.select(*keep))
         steps = data.numel()
         self.counters["agent_steps"] += steps

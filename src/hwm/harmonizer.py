@@ -44,7 +44,9 @@ class Harmonizer(nn.Module):
         weights = dict(weights or {})
         unknown = set(weights) - set(tasks)
         if unknown:
-            raise ValueError(f"harmonizer weights name unknown tasks {sorted(unknown)}; tasks are {list(tasks)}")
+            raise ValueError(
+                f"harmonizer weights name unknown tasks {sorted(unknown)}; tasks are {list(tasks)}"
+            )
         if weights and mode != "fixed":
             raise ValueError(f"harmonizer weights are only used in 'fixed' mode, not {mode!r}")
         if any(w < 0 for w in weights.values()):

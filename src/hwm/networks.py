@@ -8,7 +8,9 @@ import torch
 from torch import Tensor, nn
 
 
-def mlp(in_dim: int, out_dim: int, *, hidden: int, layers: int, act: type[nn.Module] = nn.ELU) -> nn.Sequential:
+def mlp(
+    in_dim: int, out_dim: int, *, hidden: int, layers: int, act: type[nn.Module] = nn.ELU
+) -> nn.Sequential:
     """``layers`` hidden layers of width ``hidden`` then a linear output."""
     mods: list[nn.Module] = []
     dim = in_dim

@@ -37,7 +37,10 @@ class DreamerPolicy(TensorDictModuleBase):
         rssm = self.world_model.rssm
         shapes = (rssm.deter_dim, rssm.stoch_dim, self.world_model.action_dim)
         return TensorDictPrimer(
-            {key: Unbounded(shape=(n,), dtype=torch.float32) for key, n in zip(STATE_KEYS, shapes, strict=True)},
+            {
+                key: Unbounded(shape=(n,), dtype=torch.float32)
+                for key, n in zip(STATE_KEYS, shapes, strict=True)
+            },
             reset_key="_reset",
         )
 
@@ -58,7 +61,12 @@ class DreamerPolicy(TensorDictModuleBase):
         state, _ = wm.rssm.obs_step((deter, stoch), prev_action, wm.encode(obs), sample=explore)
         dist = self.actor_critic.action_dist(wm.feat(state))
         action = dist.sample() if explore else dist.mode()
-        outputs = {"action": action, "policy_deter": state[0], "policy_stoch": state[1], "policy_action": action}
+        outputs = {
+            "action": action,
+            "policy_deter": state[0],
+            "policy_stoch": state[1],
+            "policy_action": action,
+        }
         for key, value in outputs.items():
             value = value.float().squeeze(0) if unbatched else value.float()
             td.set(key if key == "action" else ("next", key), value.to(td.device or "cpu"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 
 class FrameProgressBar(TQDMProgressBar):
@@ -14,14 +16,28 @@ class FrameProgressBar(TQDMProgressBar):
     def __init__(self, refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate)
 
+    def init_train_tqdm(self) -> Tqdm:
+        # Built with its final description, unit and total: tqdm prints on creation and on every reset, so
+        # the parent's "Training: 0/?" bar re-labelled "Epoch 0" would print two empty bars first.
+        dm = self.trainer.datamodule
+        return Tqdm(
+            desc="hwm fit",
+            total=int(getattr(dm, "total_frames", 0)) or None,
+            initial=int(getattr(dm, "counters", {}).get("env_frames", 0)),
+            unit="frame",
+            position=(2 * self.process_position),
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
-        dm = trainer.datamodule
-        bar = self.train_progress_bar
-        bar.reset(total=int(getattr(dm, "total_frames", 0)) or None)
-        bar.unit = "frame"
-        bar.set_description("hwm fit")
-        bar.n = int(getattr(dm, "counters", {}).get("env_frames", 0))
+        # Not the parent's: it resets the bar to batches of an unknown total. One epoch is the whole run.
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -40,5 +56,7 @@ class FrameProgressBar(TQDMProgressBar):
         bar.refresh()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.train_progress_bar.n = int(getattr(trainer.datamodule, "counters", {}).get("env_frames", 0))
-        self.train_progress_bar.refresh()
+        frames = int(getattr(trainer.datamodule, "counters", {}).get("env_frames", 0))
+        if self.train_progress_bar.n != frames:
+            self.train_progress_bar.n = frames
+            self.train_progress_bar.refresh()

@@ -8,7 +8,9 @@ from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 TRAJ_KEY = ("collector", "traj_ids")
 
 
-def make_replay_buffer(*, capacity: int, batch_size: int, seq_len: int, prefetch: int = 0) -> TensorDictReplayBuffer:
+def make_replay_buffer(
+    *, capacity: int, batch_size: int, seq_len: int, prefetch: int = 0
+) -> TensorDictReplayBuffer:
     """A buffer whose ``sample()`` returns ``batch_size`` slices of ``seq_len`` consecutive steps, flattened.
 
     ``strict_length`` drops trajectories (or their in-progress heads) shorter than ``seq_len`` instead of
@@ -28,7 +30,9 @@ def make_replay_buffer(*, capacity: int, batch_size: int, seq_len: int, prefetch
 def sample_sequences(buffer: TensorDictReplayBuffer, batch_size: int, seq_len: int) -> TensorDictBase:
     """Samples and reshapes to [batch_size, seq_len]."""
     flat = buffer.sample()
-    assert flat.shape[0] == batch_size * seq_len, f"sampled {flat.shape[0]} steps, expected {batch_size * seq_len}"
+    assert flat.shape[0] == batch_size * seq_len, (
+        f"sampled {flat.shape[0]} steps, expected {batch_size * seq_len}"
+    )
     seq = flat.reshape(batch_size, seq_len)
     traj = seq.get(TRAJ_KEY)
     assert (traj == traj[:, :1]).all(), "a replayed sequence crosses an episode boundary"

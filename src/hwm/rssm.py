@@ -82,7 +82,9 @@ class RSSM(nn.Module):
         logits = self.prior_logits(deter)
         return (deter, self._sample(logits)), logits
 
-    def obs_step(self, state: State, action: Tensor, embed: Tensor, *, sample: bool = True) -> tuple[State, Tensor]:
+    def obs_step(
+        self, state: State, action: Tensor, embed: Tensor, *, sample: bool = True
+    ) -> tuple[State, Tensor]:
         """One posterior step (used when acting); returns the new state and its posterior logits.
 
         ``sample=False`` takes each categorical's most likely class, which makes evaluation deterministic.

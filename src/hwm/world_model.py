@@ -52,10 +52,17 @@ class WorldModel(L.LightningModule):
             embed_dim = self.encoder.out_dim
         else:
             obs_dim = flat_dim(self.obs_shape)
-            self.encoder = nn.Sequential(mlp(obs_dim, mlp_units, hidden=mlp_units, layers=mlp_layers - 1), nn.ELU())
+            self.encoder = nn.Sequential(
+                mlp(obs_dim, mlp_units, hidden=mlp_units, layers=mlp_layers - 1), nn.ELU()
+            )
             embed_dim = mlp_units
         self.rssm = RSSM(
-            action_dim=action_dim, embed_dim=embed_dim, deter=deter, hidden=hidden, stoch=stoch, classes=classes
+            action_dim=action_dim,
+            embed_dim=embed_dim,
+            deter=deter,
+            hidden=hidden,
+            stoch=stoch,
+            classes=classes,
         )
         feat = self.rssm.feat_dim
         if self.pixels:
