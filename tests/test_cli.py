@@ -274,3 +274,17 @@ def test_print_config(tmp_path: Path, monkeypatch, capfd: pytest.CaptureFixture[
     assert printed["model"]["harmonizer_mode"] == "off"
     assert printed["data"]["task"] == "cartpole-balance"
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_configs_can_interpolate_other_keys(
+    tmp_path: Path, monkeypatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # OmegaConf parser mode: a preset can tie one value to another.
+    monkeypatch.chdir(tmp_path)
+    extra = tmp_path / "tied.yaml"
+    extra.write_text("data:\n  seq_len: 6\n  batch_size: ${data.seq_len}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", str(TINY_CONFIG), "--config", str(extra), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capfd.readouterr().out)
+    assert printed["data"]["batch_size"] == 6 == printed["data"]["seq_len"]

@@ -215,7 +215,7 @@ def build_cli(args: Sequence[str]) -> HwmCLI:
                 args=list(args),
                 save_config_callback=None,
                 seed_everything_default=0,
-                parser_kwargs={"exit_on_error": False, "prog": "hwm fit"},
+                parser_kwargs={"exit_on_error": False, "prog": "hwm fit", "parser_mode": "omegaconf"},
                 auto_configure_optimizers=False,
             )
     except SystemExit:
