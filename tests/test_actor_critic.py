@@ -53,7 +53,7 @@ def test_imagination_shapes_and_action_range(discrete: bool) -> None:
         ac.actor[-1].bias.add_(
             3.0
         )  # pushes continuous means/stds up so unclipped samples would leave [-1, 1]
-    feats, actions = ac.imagine(wm, _flat_start(posterior))
+    feats, actions, *_ = ac.imagine(wm, _flat_start(posterior))
     assert feats.shape == (H + 1, B * T, wm.rssm.feat_dim)
     assert actions.shape == (H, B * T, 3)
     torch.testing.assert_close(feats[0], torch.cat(_flat_start(posterior), -1))

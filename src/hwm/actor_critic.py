@@ -108,17 +108,25 @@ class ActorCritic(L.LightningModule):
     def action_dist(self, feat: Tensor) -> ActionDist:
         return ActionDist(self.actor(feat), discrete=self.discrete, min_std=self.min_std)
 
-    def imagine(self, world_model: WorldModel, start: State) -> tuple[Tensor, Tensor]:
-        """Rolls the prior forward ``horizon`` steps from ``start`` ([N, ...]). Returns feats [H+1, N, F]
-        and actions [H, N, A]."""
+    def imagine(self, world_model: WorldModel, start: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Rolls the prior forward ``horizon`` steps from ``start`` ([N, ...]).
+
+        Returns feats [H+1, N, F], actions [H, N, A], and the entropy and log-probability [H, N] of each
+        action under the policy that chose it (kept from the rollout so the actor is not run twice).
+        """
         state = start
-        feats, actions = [world_model.feat(state)], []
+        feats, actions, entropies, log_probs = [world_model.feat(state)], [], [], []
         for _ in range(self.horizon):
-            action = self.action_dist(feats[-1].detach()).rsample()
+            dist = self.action_dist(feats[-1].detach())
+            action = dist.rsample()
             state, _ = world_model.rssm.img_step(state, action.to(state[0].dtype))
             feats.append(world_model.feat(state))
             actions.append(action)
-        return torch.stack(feats), torch.stack(actions)
+            entropies.append(dist.entropy())
+            if self.actor_grad == "reinforce":
+                log_probs.append(dist.log_prob(action.detach()))
+        log_prob = torch.stack(log_probs) if log_probs else torch.zeros(0)
+        return torch.stack(feats), torch.stack(actions), torch.stack(entropies), log_prob
 
     def loss(self, world_model: WorldModel, start: State) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Actor and critic losses from imagination starting at (detached) posterior states."""
@@ -127,7 +135,7 @@ class ActorCritic(L.LightningModule):
             idx = torch.randperm(deter.shape[0], device=deter.device)[: self.imag_starts]
             deter, stoch = deter[idx], stoch[idx]
         with world_model.frozen():
-            feats, actions = self.imagine(world_model, (deter, stoch))
+            feats, actions, entropy, log_prob = self.imagine(world_model, (deter, stoch))
             reward = world_model.reward_head(feats[1:]).float().squeeze(-1)
             discount = self.discount * world_model.continue_prob(feats[1:]).squeeze(-1)
         value = self.slow_critic(feats).float().squeeze(-1)
@@ -135,20 +143,17 @@ class ActorCritic(L.LightningModule):
         with torch.no_grad():
             weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0)
 
-        dist = self.action_dist(feats[:-1].detach())
-        entropy = dist.entropy()
         if self.return_norm:
             self._update_return_scale(target.detach())
         scale = self.return_range.clamp(min=1.0) if self.return_norm else torch.ones_like(self.return_range)
+        value_pred = self.critic(feats[:-1].detach()).float().squeeze(-1)
         if self.actor_grad == "dynamics":
             objective = target / scale
         else:
-            baseline = self.critic(feats[:-1].detach()).float().squeeze(-1)
-            advantage = ((target - baseline) / scale).detach()
-            objective = dist.log_prob(actions.detach()) * advantage
+            advantage = ((target - value_pred) / scale).detach()
+            objective = log_prob * advantage
         actor_loss = -(weight * (objective + self.actor_entropy * entropy)).mean()
 
-        value_pred = self.critic(feats[:-1].detach()).float().squeeze(-1)
         critic_loss = (weight * 0.5 * (value_pred - target.detach()).pow(2)).mean()
         metrics = {
             "imag_return": target[0].mean().detach(),
