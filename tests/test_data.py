@@ -170,14 +170,6 @@ def test_policy_is_deterministic_given_the_latent_sample(policy_env) -> None:
     assert torch.equal(first["next", "policy_action"], first["action"])
 
 
-def test_policy_is_deterministic_without_reseeding(policy_env) -> None:
-    env, policy = policy_env
-    td = env.reset()
-    with set_exploration_type(ExplorationType.DETERMINISTIC):
-        actions = [policy(td.clone())["action"] for _ in range(8)]
-    assert all(torch.equal(a, actions[0]) for a in actions)
-
-
 def test_random_exploration_samples(policy_env) -> None:
     env, policy = policy_env
     td = env.reset()

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
@@ -162,6 +163,11 @@ class ReplayDataModule(L.LightningDataModule):
         assert self.collector is not None, "attach_policy() must run before batches()"
         per_step = self.train_ratio / self.replayed_steps
         prefill_steps = self.prefill_frames // self.action_repeat
+        if self.counters["agent_steps"] < prefill_steps:
+            # The progress bar only appears with the first batch, i.e. after the prefill.
+            rank_zero_info(
+                f"hwm: prefilling the replay buffer with {self.prefill_frames} random-action env frames"
+            )
         for data in self.collector:
             self._ingest(data)
             # Only steps past the prefill earn updates, also when one collect straddles its end.

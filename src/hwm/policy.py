@@ -21,8 +21,7 @@ class DreamerPolicy(TensorDictModuleBase):
     The latent (deter, stoch, last action) rides in the tensordict under ``STATE_KEYS``: the policy writes
     them to ``("next", key)`` and the env's step moves them to the root, as TorchRL's LSTM modules do.
     ``is_init`` (from ``InitTracker``) zeroes it at episode starts. Sampled actions when the exploration
-    type is RANDOM (collection); otherwise (evaluation) the most likely latent and the actor's mode, so
-    an evaluation is a deterministic function of the env's seed.
+    type is RANDOM (collection), the actor's mode otherwise (evaluation).
     """
 
     def __init__(self, world_model: WorldModel, actor_critic: ActorCritic) -> None:
@@ -58,7 +57,9 @@ class DreamerPolicy(TensorDictModuleBase):
         keep = (~is_init).float()
         deter, stoch, prev_action = deter * keep, stoch * keep, prev_action * keep
         explore = exploration_type() == ExplorationType.RANDOM
-        state, _ = wm.rssm.obs_step((deter, stoch), prev_action, wm.encode(obs), sample=explore)
+        # The latent is sampled in evaluation too, as DreamerV2 does (its eval_state_mean=False): the
+        # networks only ever saw sampled latents.
+        state, _ = wm.rssm.obs_step((deter, stoch), prev_action, wm.encode(obs))
         dist = self.actor_critic.action_dist(wm.feat(state))
         action = dist.sample() if explore else dist.mode()
         outputs = {
