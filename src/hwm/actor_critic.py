@@ -66,6 +66,24 @@ class ActorCritic(L.LightningModule):
 
     ``actor_grad='auto'`` backpropagates returns through the dynamics for continuous actions and uses
     REINFORCE for discrete ones, as DreamerV2 does on DMC and Atari.
+
+    Args:
+        feat_dim: size of the world model's feature (deter + stoch), filled in by the agent.
+        action_dim: action size, from the env.
+        discrete: one-hot actions, from the env.
+        units: width of the actor and critic MLPs.
+        layers: hidden layers of the actor and critic MLPs.
+        horizon: imagination length.
+        discount: per-step discount (times the predicted continue probability, if any).
+        lambda_: lambda of the TD(lambda) targets.
+        actor_entropy: entropy bonus of the actor.
+        actor_grad: ``dynamics`` (backprop through the model), ``reinforce``, or ``auto`` (by action type).
+        min_std: lower bound of the continuous actor's standard deviation.
+        slow_critic_every: updates between refreshes of the slow (target) critic.
+        slow_critic_fraction: how far each refresh moves the slow critic towards the critic (1: copy).
+        return_norm: scale the actor's objective by max(1, EMA of the 5-95 percentile range of returns),
+            DreamerV3's normaliser.
+        imag_starts: imagine from this many random posterior states (0: all B x T of them).
     """
 
     def __init__(

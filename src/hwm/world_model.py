@@ -23,6 +23,20 @@ class WorldModel(L.LightningModule):
     Observations of rank 3 are (C, 64, 64) uint8 images and use the CNN encoder/decoder; rank-1
     observations are state vectors and use MLPs. A batch holds TorchRL transitions: input step t is
     (``action`` a_t, ``("next", obs_key)`` o_{t+1}, ``("next", "reward")``, ``("next", "terminated")``).
+
+    Args:
+        obs_shape: observation shape, from the env (not configured).
+        action_dim: action size, from the env (not configured).
+        deter: GRU (deterministic state) size.
+        hidden: width of the RSSM's input/output layers.
+        stoch: number of categorical latents.
+        classes: classes per categorical latent.
+        cnn_depth: channels of the first conv layer (pixels only); later layers use 2x, 4x, 8x.
+        mlp_units: width of the MLP encoder (states), decoder (states) and heads.
+        mlp_layers: hidden layers of those MLPs.
+        kl_balance: weight of the prior's side of the KL (DreamerV2: 0.8).
+        free_nats: the KL is not pushed below this many nats (0 disables).
+        continue_head: predict episode continuation (off for tasks that never terminate, like DMC).
     """
 
     def __init__(
