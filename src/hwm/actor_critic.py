@@ -168,7 +168,8 @@ class ActorCritic(L.LightningModule):
         if self.actor_grad == "dynamics":
             objective = target / scale
         else:
-            advantage = ((target - value_pred) / scale).detach()
+            # DreamerV2's baseline is the slow critic, like the targets it is compared with.
+            advantage = ((target - value[:-1]) / scale).detach()
             objective = log_prob * advantage
         actor_loss = -(weight * (objective + self.actor_entropy * entropy)).mean()
 

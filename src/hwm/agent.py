@@ -66,6 +66,9 @@ class HarmonyDreamAgent(L.LightningModule):
         self.log_every = max(1, log_every)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self._last_log: tuple[float, int] | None = None
+        self._grad_norms: dict[str, Tensor] = {}
+        self._stepping = "model"
+        self.bar_metrics: dict[str, float] = {}
         self._policy: DreamerPolicy | None = None
 
     def policy(self) -> DreamerPolicy:
@@ -92,19 +95,13 @@ class HarmonyDreamAgent(L.LightningModule):
         losses, posterior, wm_metrics = self.world_model.loss(batch)
         harmonized, harmony_metrics = self.harmonizer(losses)
         model_loss = harmonized + self.continue_scale * losses["continue"]
-        model_opt.zero_grad(set_to_none=True)
-        self.manual_backward(model_loss)
-        model_grad = self._clip(model_opt)
-        model_opt.step()
+        self._step(model_opt, model_loss, "model")
 
         ac_losses, ac_metrics = self.actor_critic.loss(self.world_model, posterior)
-        actor_opt.zero_grad(set_to_none=True)
-        critic_opt.zero_grad(set_to_none=True)
-        # The actor and critic losses touch disjoint parameters, so one backward serves both.
-        self.manual_backward(ac_losses["actor"] + ac_losses["critic"])
-        actor_grad, critic_grad = self._clip(actor_opt), self._clip(critic_opt)
-        actor_opt.step()
-        critic_opt.step()
+        # One backward per optimizer: under 16-mixed every step updates the grad scaler, so gradients of a
+        # shared backward would be unscaled with two different scales.
+        self._step(actor_opt, ac_losses["actor"], "actor")
+        self._step(critic_opt, ac_losses["critic"], "critic")
         self.actor_critic.after_update()
         self.updates += 1
 
@@ -116,25 +113,28 @@ class HarmonyDreamAgent(L.LightningModule):
             metrics.update({f"harmonizer/{k}": v for k, v in harmony_metrics.items()})
             metrics.update({f"world_model/{k}": v for k, v in wm_metrics.items()})
             metrics.update({f"actor_critic/{k}": v for k, v in ac_metrics.items()})
-            metrics.update(
-                {
-                    "grad_norm/model": model_grad,
-                    "grad_norm/actor": actor_grad,
-                    "grad_norm/critic": critic_grad,
-                }
-            )
+            metrics.update({f"grad_norm/{k}": v for k, v in self._grad_norms.items()})
             metrics.update(data_metrics)
             self._log(metrics)
 
-    def _clip(self, optimizer: Any) -> Tensor:
-        """Clips by global norm through Lightning (so mixed precision unscales first); returns the norm."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return torch.zeros(())
-        norm = torch.nn.utils.get_total_norm(grads)
-        if self.grad_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-        return norm
+    def _step(self, optimizer: Any, loss: Tensor, name: str) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self._stepping = name
+        optimizer.step()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after unscaling fp16 gradients, so the clip sees their true norm.
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if params:
+            limit = self.grad_clip if self.grad_clip > 0 else float("inf")
+            self._grad_norms[self._stepping] = torch.nn.utils.clip_grad_norm_(params, limit)
+
+    def on_train_epoch_end(self) -> None:
+        # The stream's last metrics (the final evaluation) arrive after the last training step.
+        pending = self._datamodule_metrics()
+        if pending:
+            self._log(pending)
 
     def _datamodule_metrics(self) -> dict[str, float]:
         dm = getattr(self.trainer, "datamodule", None)
@@ -158,5 +158,4 @@ class HarmonyDreamAgent(L.LightningModule):
         if self.logger is not None and self.trainer.is_global_zero:
             # Keyed by env frames, the x-axis papers use; Lightning's global_step counts optimizer steps.
             self.logger.log_metrics(flat, step=frames)
-        bar = {k: flat[k] for k in ("train/episode_return", "eval/return") if k in flat}
-        self._bar_metrics = {**getattr(self, "_bar_metrics", {}), **bar}
+        self.bar_metrics.update({k: flat[k] for k in ("train/episode_return", "eval/return") if k in flat})

@@ -119,6 +119,7 @@ class ReplayDataModule(L.LightningDataModule):
         self.collector: Collector | None = None
         self.buffer = make_replay_buffer(capacity=capacity, batch_size=batch_size, seq_len=seq_len)
         self._next_eval = eval_every if eval_every else math.inf
+        self._last_eval_frames = -1.0
         self._policy: Any = None
 
     # -- wiring -------------------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ class ReplayDataModule(L.LightningDataModule):
                 self.evaluate()
             if self.counters["env_frames"] >= self.total_frames:
                 break
-        if self.eval_episodes:
+        if self.eval_episodes and self._last_eval_frames != self.counters["env_frames"]:
             self.evaluate()
 
     def _ingest(self, data: TensorDictBase) -> None:
@@ -225,6 +226,7 @@ class ReplayDataModule(L.LightningDataModule):
                     returns.append(float(rollout.get(("next", "reward")).sum()))
         finally:
             env.close()
+        self._last_eval_frames = self.counters["env_frames"]
         mean = sum(returns) / len(returns)
         self._pending["eval/return"] = mean
         self._pending["eval/return_std"] = float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0

@@ -49,7 +49,7 @@ class FrameProgressBar(TQDMProgressBar):
         bar.n = int(counters.get("env_frames", 0))
         postfix: dict[str, Any] = {"updates": int(getattr(pl_module, "updates", 0))}
         for key, label in (("train/episode_return", "return"), ("eval/return", "eval")):
-            value = getattr(pl_module, "_bar_metrics", {}).get(key)
+            value = getattr(pl_module, "bar_metrics", {}).get(key)
             if value is not None:
                 postfix[label] = f"{value:.1f}"
         bar.set_postfix(postfix, refresh=False)
