@@ -52,7 +52,6 @@ class HarmonyDreamAgent(L.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.env_info = env_info
         self.world_model = world_model(tuple(env_info.obs_shape), env_info.action_dim)
         self.actor_critic = actor_critic(
             self.world_model.rssm.feat_dim, env_info.action_dim, env_info.discrete
@@ -64,12 +63,16 @@ class HarmonyDreamAgent(L.LightningModule):
         self.model_lr, self.actor_lr, self.critic_lr = model_lr, actor_lr, critic_lr
         self.eps, self.weight_decay, self.grad_clip = eps, weight_decay, grad_clip
         self.log_every = max(1, log_every)
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self._last_log: tuple[float, int] | None = None
         self._grad_norms: dict[str, Tensor] = {}
         self._stepping = "model"
         self.bar_metrics: dict[str, float] = {}
         self._policy: DreamerPolicy | None = None
+
+    @property
+    def updates(self) -> int:
+        """Completed updates (world model + actor-critic); the actor-critic's counter is the one record."""
+        return int(self.actor_critic.updates)
 
     def policy(self) -> DreamerPolicy:
         if self._policy is None:
@@ -103,10 +106,9 @@ class HarmonyDreamAgent(L.LightningModule):
         self._step(actor_opt, ac_losses["actor"], "actor")
         self._step(critic_opt, ac_losses["critic"], "critic")
         self.actor_critic.after_update()
-        self.updates += 1
 
         data_metrics = self._datamodule_metrics()
-        if int(self.updates) % self.log_every == 0 or data_metrics:
+        if self.updates % self.log_every == 0 or data_metrics:
             metrics: dict[str, Any] = {f"loss/{k}": v for k, v in losses.items()}
             metrics["loss/model_total"] = model_loss
             metrics.update({f"loss/{k}": v for k, v in ac_losses.items()})
@@ -147,7 +149,7 @@ class HarmonyDreamAgent(L.LightningModule):
     def _log(self, metrics: dict[str, Any]) -> None:
         counters = self._counters()
         frames = int(counters.get("env_frames", 0))
-        now, updates = time.perf_counter(), int(self.updates)
+        now, updates = time.perf_counter(), self.updates
         if self._last_log is not None and updates > self._last_log[1]:
             metrics["perf/updates_per_s"] = (updates - self._last_log[1]) / max(now - self._last_log[0], 1e-9)
         self._last_log = (now, updates)

@@ -17,7 +17,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, RewardSum
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from hwm.envs import make_env
+from hwm.envs import OBS_KEY, PIXELS_KEY, make_env
 from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
 
 
@@ -28,7 +28,6 @@ class EnvInfo:
     obs_shape: tuple[int, ...]
     action_dim: int
     discrete: bool
-    action_repeat: int
 
 
 class ReplayDataModule(L.LightningDataModule):
@@ -85,6 +84,10 @@ class ReplayDataModule(L.LightningDataModule):
                 f"data.seq_len ({seq_len}) is longer than an episode ({time_limit} frames / action_repeat "
                 f"{action_repeat} = {time_limit // action_repeat} steps): no sequence could ever be sampled"
             )
+        if from_pixels and image_size != 64:
+            raise ValueError(
+                f"data.image_size must be 64 for pixels (the DreamerV2 CNN's input); got {image_size}"
+            )
         if prefill_frames < 0 or eval_every < 0 or eval_episodes < 0:
             raise ValueError("data.prefill_frames, data.eval_every and data.eval_episodes must be >= 0")
         self.env_kwargs: dict[str, Any] = dict(
@@ -96,6 +99,7 @@ class ReplayDataModule(L.LightningDataModule):
             fast_render=fast_render,
         )
         self.action_repeat = action_repeat
+        self.obs_key = PIXELS_KEY if from_pixels else OBS_KEY
         self.total_frames, self.prefill_frames = total_frames, prefill_frames
         self.train_ratio, self.batch_size, self.seq_len = train_ratio, batch_size, seq_len
         self.capacity = capacity
@@ -105,13 +109,12 @@ class ReplayDataModule(L.LightningDataModule):
         # the agent's constructor.
         probe = make_env(**self.env_kwargs, seed=seed)
         try:
-            obs_key = "pixels" if from_pixels else "observation"
-            obs_shape = tuple(probe.observation_spec[obs_key].shape)
+            obs_shape = tuple(probe.observation_spec[self.obs_key].shape)
             action_spec = probe.action_spec
             discrete = (
                 action_spec.dtype in (torch.int64, torch.bool) or "OneHot" in type(action_spec).__name__
             )
-            self.env_info = EnvInfo(obs_shape, int(action_spec.shape[-1]), discrete, action_repeat)
+            self.env_info = EnvInfo(obs_shape, int(action_spec.shape[-1]), discrete)
         finally:
             probe.close()
         self.counters: dict[str, float] = {"env_frames": 0, "agent_steps": 0, "episodes": 0, "credit": 0.0}
@@ -190,7 +193,7 @@ class ReplayDataModule(L.LightningDataModule):
         data = data.reshape(-1)
         keep = [
             "action",
-            ("next", self._obs_key()),
+            ("next", self.obs_key),
             ("next", "reward"),
             ("next", "terminated"),
             ("next", "done"),
@@ -206,9 +209,6 @@ class ReplayDataModule(L.LightningDataModule):
             self.counters["episodes"] += int(done.sum())
             self._pending["train/episode_return"] = float(returns[-1])
             self._pending["train/episodes"] = self.counters["episodes"]
-
-    def _obs_key(self) -> str:
-        return "pixels" if self.env_kwargs["from_pixels"] else "observation"
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -9,14 +9,14 @@ fixed L the rectified optimum is sigma* = (L + sqrt(L^2 + 4L)) / 2, so the weigh
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 HarmonizerMode = Literal["rectified", "unrectified", "fixed", "off"]
-MODES: tuple[str, ...] = ("rectified", "unrectified", "fixed", "off")
+MODES: tuple[str, ...] = get_args(HarmonizerMode)
 
 
 class Harmonizer(nn.Module):
@@ -60,10 +60,6 @@ class Harmonizer(nn.Module):
             self.register_parameter("log_sigma", None)
         fixed = [float(weights.get(t, 1.0)) if mode == "fixed" else 1.0 for t in tasks]
         self.register_buffer("fixed_weights", torch.tensor(fixed), persistent=False)
-
-    @property
-    def learnable(self) -> bool:
-        return self.log_sigma is not None
 
     def sigmas(self) -> Tensor:
         if self.log_sigma is None:

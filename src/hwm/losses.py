@@ -35,12 +35,11 @@ def balanced_kl(
         raise ValueError(f"KL balance must be in [0, 1]; got {balance}")
     kl_prior = categorical_kl(post_logits.detach(), prior_logits).mean()  # trains the prior
     kl_post = categorical_kl(post_logits, prior_logits.detach()).mean()  # regularises the posterior
+    raw = kl_post.detach()  # both sides have the same value; only their gradients differ
     if free_nats > 0:
         kl_prior = kl_prior.clamp(min=free_nats)
         kl_post = kl_post.clamp(min=free_nats)
     loss = balance * kl_prior + (1.0 - balance) * kl_post
-    with torch.no_grad():
-        raw = categorical_kl(post_logits, prior_logits).mean()
     return loss, raw
 
 

@@ -46,10 +46,8 @@ class NormGRUCell(nn.Module):
 class ConvEncoder(nn.Module):
     """64x64 RGB uint8 (C, H, W) -> flat embedding; 4 stride-2 convs of depth d, 2d, 4d, 8d."""
 
-    def __init__(self, *, depth: int = 32, in_channels: int = 3, image_size: int = 64) -> None:
+    def __init__(self, *, depth: int = 32, in_channels: int = 3) -> None:
         super().__init__()
-        if image_size != 64:
-            raise ValueError(f"the DreamerV2 CNN encoder expects 64x64 images; got {image_size}")
         chans = [in_channels, depth, 2 * depth, 4 * depth, 8 * depth]
         mods: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:], strict=True):

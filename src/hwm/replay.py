@@ -8,9 +8,7 @@ from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 TRAJ_KEY = ("collector", "traj_ids")
 
 
-def make_replay_buffer(
-    *, capacity: int, batch_size: int, seq_len: int, prefetch: int = 0
-) -> TensorDictReplayBuffer:
+def make_replay_buffer(*, capacity: int, batch_size: int, seq_len: int) -> TensorDictReplayBuffer:
     """A buffer whose ``sample()`` returns ``batch_size`` slices of ``seq_len`` consecutive steps, flattened.
 
     ``strict_length`` drops trajectories (or their in-progress heads) shorter than ``seq_len`` instead of
@@ -23,7 +21,6 @@ def make_replay_buffer(
         storage=LazyTensorStorage(capacity),
         sampler=sampler,
         batch_size=batch_size * seq_len,
-        prefetch=prefetch or None,
     )
 
 

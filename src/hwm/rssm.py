@@ -63,9 +63,7 @@ class RSSM(nn.Module):
     def _logits(self, flat: Tensor) -> Tensor:
         return flat.unflatten(-1, (self.stoch, self.classes))
 
-    def _sample(self, logits: Tensor, sample: bool = True) -> Tensor:
-        if not sample:
-            return F.one_hot(logits.argmax(-1), self.classes).to(logits.dtype).flatten(-2)
+    def _sample(self, logits: Tensor) -> Tensor:
         return sample_straight_through(logits).flatten(-2)
 
     def prior_logits(self, deter: Tensor) -> Tensor:
@@ -82,16 +80,11 @@ class RSSM(nn.Module):
         logits = self.prior_logits(deter)
         return (deter, self._sample(logits)), logits
 
-    def obs_step(
-        self, state: State, action: Tensor, embed: Tensor, *, sample: bool = True
-    ) -> tuple[State, Tensor]:
-        """One posterior step (used when acting); returns the new state and its posterior logits.
-
-        ``sample=False`` takes each categorical's most likely class, which makes evaluation deterministic.
-        """
+    def obs_step(self, state: State, action: Tensor, embed: Tensor) -> tuple[State, Tensor]:
+        """One posterior step (used when acting); returns the new state and its posterior logits."""
         deter = self.deter_step(state, self.img_in_action(action))
         logits = self._logits(self.post_out(self.post_in_deter(deter) + self.post_in_embed(embed)))
-        return (deter, self._sample(logits, sample)), logits
+        return (deter, self._sample(logits)), logits
 
     def observe(self, embed: Tensor, action: Tensor, state: State | None = None) -> dict[str, Tensor]:
         """Posterior rollout over a [B, T] sequence: input t is (a_{t-1}, e_t).

@@ -112,7 +112,7 @@ class WorldModel(L.LightningModule):
 
         embed = self.encode(obs)
         post = self.rssm.observe(embed, action)
-        feat = torch.cat([post["deter"], post["stoch"]], -1)
+        feat = self.feat((post["deter"], post["stoch"]))
 
         if self.pixels:
             target = obs.float() / 255.0 - 0.5
