@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,18 @@ def cli_env() -> dict[str, str]:
     env.update({"MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_COLOR": "1"})
     env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     return env
+
+
+@pytest.fixture
+def one_torch_thread_seeded() -> Iterator[None]:
+    """One torch thread and seed 0 for the duration of a test; the thread count is restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 RunHwm = Callable[..., subprocess.CompletedProcess]

@@ -12,13 +12,8 @@ TINY_WM = dict(deter=DETER, hidden=16, stoch=STOCH, classes=CLASSES, mlp_units=3
 TINY_AC = dict(units=32, layers=1, horizon=H)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models gain nothing from threads, and fixed seeds keep the sampled latents repeatable.
+pytestmark = pytest.mark.usefixtures("one_torch_thread_seeded")
 
 
 def _setup(action_dim: int = 2, discrete: bool = False, **kwargs):

@@ -17,13 +17,8 @@ TINY_WM = dict(deter=16, hidden=16, stoch=4, classes=4, cnn_depth=4, mlp_units=3
 TINY_AC = dict(units=32, layers=1, horizon=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models gain nothing from threads, and fixed seeds keep the sampled latents repeatable.
+pytestmark = pytest.mark.usefixtures("one_torch_thread_seeded")
 
 
 def _build(

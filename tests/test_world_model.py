@@ -13,13 +13,8 @@ TINY = dict(deter=DETER, hidden=16, stoch=STOCH, classes=CLASSES, cnn_depth=4, m
 STATES, PIXELS = (5,), (3, 64, 64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models gain nothing from threads, and fixed seeds keep the sampled latents repeatable.
+pytestmark = pytest.mark.usefixtures("one_torch_thread_seeded")
 
 
 def _batch(obs_shape: tuple[int, ...], *, terminated: bool = False, b: int = B, t: int = T) -> TensorDict:
