@@ -99,3 +99,9 @@ def test_bad_input_is_rejected_clearly() -> None:
         Harmonizer(TASKS, mode="rectified", weights={"obs": 1.0})
     with pytest.raises(KeyError, match="reward"):
         Harmonizer(TASKS)(_losses({"obs": 1.0, "dynamics": 1.0}))
+
+
+def test_plain_float_losses_are_accepted() -> None:
+    total, metrics = Harmonizer(TASKS, mode="unrectified")({"obs": 2.0, "reward": 0.5, "dynamics": 1.0})
+    assert total.item() == pytest.approx(3.5)
+    assert set(metrics) == {f"{kind}_{t}" for kind in ("weight", "sigma") for t in TASKS}

@@ -71,7 +71,10 @@ class Harmonizer(nn.Module):
         missing = [t for t in self.tasks if t not in losses]
         if missing:
             raise KeyError(f"harmonizer needs losses for {missing}; got {sorted(losses)}")
-        values = torch.stack([losses[t].float().reshape(()) for t in self.tasks])
+        device = self.fixed_weights.device
+        values = torch.stack(
+            [torch.as_tensor(losses[t], device=device).float().reshape(()) for t in self.tasks]
+        )
         if self.mode == "rectified":
             s = self.log_sigma
             # softplus(s) = log(1 + exp(s)) = log(1 + sigma), stable for any s.
