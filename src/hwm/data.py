@@ -18,6 +18,7 @@ from torchrl.envs import EnvBase, RewardSum
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from hwm.envs import OBS_KEY, PIXELS_KEY, make_env
+from hwm.policy import DreamerPolicy
 from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
 
 
@@ -102,7 +103,6 @@ class ReplayDataModule(L.LightningDataModule):
         self.obs_key = PIXELS_KEY if from_pixels else OBS_KEY
         self.total_frames, self.prefill_frames = total_frames, prefill_frames
         self.train_ratio, self.batch_size, self.seq_len = train_ratio, batch_size, seq_len
-        self.capacity = capacity
         self.eval_every, self.eval_episodes = eval_every, eval_episodes
         self.seed = seed
         # Probing the env here (not in setup) validates the task early and lets the CLI hand its shapes to
@@ -123,7 +123,8 @@ class ReplayDataModule(L.LightningDataModule):
         self.buffer = make_replay_buffer(capacity=capacity, batch_size=batch_size, seq_len=seq_len)
         self._next_eval = eval_every if eval_every else math.inf
         self._last_eval_frames = -1.0
-        self._policy: Any = None
+        self._policy: DreamerPolicy | None = None
+        self._eval_env: EnvBase | None = None
 
     # -- wiring -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -131,7 +132,7 @@ class ReplayDataModule(L.LightningDataModule):
         if agent is not None and self._policy is None:
             self.attach_policy(agent.policy())
 
-    def attach_policy(self, policy: Any) -> None:
+    def attach_policy(self, policy: DreamerPolicy) -> None:
         """Builds the collector around the agent's recurrent policy (its latent rides in the tensordict)."""
         self._policy = policy
         env = self._make_env(self.seed)
@@ -216,16 +217,18 @@ class ReplayDataModule(L.LightningDataModule):
         if not self.eval_episodes:
             return float("nan")
         start = time.perf_counter()
-        env = self._make_env(self.seed + 1000 + int(self.counters["episodes"]))
+        seed = self.seed + 1000 + int(self.counters["episodes"])
+        # One evaluation env for the run (a pixel env owns a GL context), re-seeded for each evaluation.
+        if self._eval_env is None:
+            self._eval_env = self._make_env(seed)
+        else:
+            self._eval_env.set_seed(seed)
         max_steps = self.env_kwargs["time_limit"] // self.action_repeat
         returns = []
-        try:
-            with set_exploration_type(ExplorationType.DETERMINISTIC):
-                for _ in range(self.eval_episodes):
-                    rollout = env.rollout(max_steps, self._policy, break_when_any_done=True)
-                    returns.append(float(rollout.get(("next", "reward")).sum()))
-        finally:
-            env.close()
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            for _ in range(self.eval_episodes):
+                rollout = self._eval_env.rollout(max_steps, self._policy, break_when_any_done=True)
+                returns.append(float(rollout.get(("next", "reward")).sum()))
         self._last_eval_frames = self.counters["env_frames"]
         mean = sum(returns) / len(returns)
         self._pending["eval/return"] = mean
@@ -250,6 +253,9 @@ class ReplayDataModule(L.LightningDataModule):
             self.collector.shutdown()
             self.collector = None
             self._policy = None
+        if self._eval_env is not None:
+            self._eval_env.close()
+            self._eval_env = None
 
 
 def _identity(batch: TensorDictBase) -> TensorDictBase:
