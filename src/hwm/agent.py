@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lightning as L
@@ -64,6 +64,11 @@ class HarmonyDreamAgent(L.LightningModule):
         self.eps, self.weight_decay, self.grad_clip = eps, weight_decay, grad_clip
         self.log_every = max(1, log_every)
         self._last_log: tuple[float, int] | None = None
+        # Metrics are merged per env-frame step and written when the step moves on, so every MLflow
+        # series has strictly increasing steps. Steps up to log_floor are already in the run (a resume).
+        self._unlogged: dict[str, float] = {}
+        self._unlogged_step = -1
+        self.log_floor = -1
         self._grad_norms: dict[str, Tensor] = {}
         self._stepping = "model"
         self.bar_metrics: dict[str, float] = {}
@@ -92,7 +97,10 @@ class HarmonyDreamAgent(L.LightningModule):
             adam(list(self.actor_critic.critic.parameters()), self.critic_lr),
         ]
 
-    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+    def training_step(self, dataloader_iter: Iterator[tuple[TensorDictBase, int, int]]) -> None:
+        # Pulling the batch here (instead of Lightning prefetching the next one) keeps the data stream
+        # exactly one batch ahead of nothing: a checkpoint after this update is a clean cut.
+        batch = next(dataloader_iter)[0]
         model_opt, actor_opt, critic_opt = self.optimizers()
 
         losses, posterior, wm_metrics = self.world_model.loss(batch)
@@ -137,6 +145,18 @@ class HarmonyDreamAgent(L.LightningModule):
         pending = self._datamodule_metrics()
         if pending:
             self._log(pending)
+        self.flush_logs()
+        # The stream ends only when the frame budget is spent.
+        self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Metrics of the current step may still grow (e.g. a final evaluation at these frames): they travel
+        # with the checkpoint instead of being written now, so a step is never written twice.
+        checkpoint["unlogged_metrics"] = {"step": self._unlogged_step, "metrics": dict(self._unlogged)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        unlogged = checkpoint.get("unlogged_metrics", {"step": -1, "metrics": {}})
+        self._unlogged_step, self._unlogged = unlogged["step"], dict(unlogged["metrics"])
 
     def _datamodule_metrics(self) -> dict[str, float]:
         dm = getattr(self.trainer, "datamodule", None)
@@ -157,7 +177,16 @@ class HarmonyDreamAgent(L.LightningModule):
         metrics["progress/env_frames"] = frames
         metrics["progress/episodes"] = counters.get("episodes", 0)
         flat = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in metrics.items()}
+        if frames != self._unlogged_step:
+            self.flush_logs()
+        self._unlogged.update(flat)
+        self._unlogged_step = frames
+        self.bar_metrics.update({k: flat[k] for k in ("train/episode_return", "eval/return") if k in flat})
+
+    def flush_logs(self) -> None:
+        metrics, self._unlogged = self._unlogged, {}
+        if not metrics or self._unlogged_step <= self.log_floor:
+            return
         if self.logger is not None and self.trainer.is_global_zero:
             # Keyed by env frames, the x-axis papers use; Lightning's global_step counts optimizer steps.
-            self.logger.log_metrics(flat, step=frames)
-        self.bar_metrics.update({k: flat[k] for k in ("train/episode_return", "eval/return") if k in flat})
+            self.logger.log_metrics(metrics, step=self._unlogged_step)

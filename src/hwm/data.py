@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDictBase
@@ -17,9 +20,11 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, RewardSum
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from hwm.checkpoint_io import CheckpointError
 from hwm.envs import OBS_KEY, PIXELS_KEY, make_env
 from hwm.policy import DreamerPolicy
 from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
+from hwm.replay_archive import ReplayArchive
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,24 @@ class ReplayDataModule(L.LightningDataModule):
             self.env_info = EnvInfo(obs_shape, int(action_spec.shape[-1]), discrete)
         finally:
             probe.close()
-        self.counters: dict[str, float] = {"env_frames": 0, "agent_steps": 0, "episodes": 0, "credit": 0.0}
+        # dropped_steps: agent steps of episodes cut short by a resume (their steps stay in the replay).
+        self.counters: dict[str, float] = {
+            "env_frames": 0,
+            "agent_steps": 0,
+            "episodes": 0,
+            "credit": 0.0,
+            "evaluations": 0,
+            "resumes": 0,
+            "dropped_steps": 0,
+        }
         self._pending: dict[str, float] = {}
         self.collector: Collector | None = None
         self.buffer = make_replay_buffer(capacity=capacity, batch_size=batch_size, seq_len=seq_len)
+        self.archive = ReplayArchive(self.buffer, capacity)
+        # Where checkpoints keep the replay chunks; set by the checkpoint callback (save) or the CLI (resume).
+        self.replay_dir: Path | None = None
+        self._episode_steps = 0
+        self._resume_rng: dict[str, Any] | None = None
         self._next_eval = eval_every if eval_every else math.inf
         self._last_eval_frames = -1.0
         self._policy: DreamerPolicy | None = None
@@ -164,8 +183,17 @@ class ReplayDataModule(L.LightningDataModule):
         return DataLoader(_ReplayStream(self), batch_size=None, num_workers=0, collate_fn=_identity)
 
     # -- the stream -----------------------------------------------------------------------------------------
+    @property
+    def at_collect_boundary(self) -> bool:
+        """True when the stream's next move is to collect: the clean point for a checkpoint."""
+        return self.counters["credit"] < 1.0 or len(self.buffer) < self.seq_len
+
     def batches(self) -> Iterator[TensorDictBase]:
         assert self.collector is not None, "attach_policy() must run before batches()"
+        if self._resume_rng is not None:
+            # Restored as late as possible: anything between loading and here may draw random numbers.
+            _set_rng_states(self._resume_rng)
+            self._resume_rng = None
         per_step = self.train_ratio / self.replayed_steps
         prefill_steps = self.prefill_frames // self.action_repeat
         if self.counters["agent_steps"] < prefill_steps:
@@ -173,6 +201,10 @@ class ReplayDataModule(L.LightningDataModule):
             rank_zero_info(
                 f"hwm: prefilling the replay buffer with {self.prefill_frames} random-action env frames"
             )
+        # A resumed stream starts where a checkpoint left it: after its updates, before these checks.
+        if self._evaluate_if_due():
+            self._final_evaluation()
+            return
         for data in self.collector:
             self._ingest(data)
             # Only steps past the prefill earn updates, also when one collect straddles its end.
@@ -182,11 +214,18 @@ class ReplayDataModule(L.LightningDataModule):
             while self.counters["credit"] >= 1.0 and len(self.buffer) >= self.seq_len:
                 self.counters["credit"] -= 1.0
                 yield sample_sequences(self.buffer, self.batch_size, self.seq_len)
-            if self.counters["env_frames"] >= self._next_eval:
-                self._next_eval += self.eval_every
-                self.evaluate()
-            if self.counters["env_frames"] >= self.total_frames:
+            if self._evaluate_if_due():
                 break
+        self._final_evaluation()
+
+    def _evaluate_if_due(self) -> bool:
+        """Runs a periodic evaluation when one is due; True once the frame budget is spent."""
+        if self.counters["env_frames"] >= self._next_eval:
+            self._next_eval += self.eval_every
+            self.evaluate()
+        return self.counters["env_frames"] >= self.total_frames
+
+    def _final_evaluation(self) -> None:
         if self.eval_episodes and self._last_eval_frames != self.counters["env_frames"]:
             self.evaluate()
 
@@ -205,6 +244,8 @@ class ReplayDataModule(L.LightningDataModule):
         self.counters["agent_steps"] += steps
         self.counters["env_frames"] += steps * self.action_repeat
         done = data.get(("next", "done")).reshape(-1)
+        ends = done.nonzero()
+        self._episode_steps = steps - 1 - int(ends[-1]) if len(ends) else self._episode_steps + steps
         if done.any():
             returns = data.get(("next", "episode_reward")).reshape(-1)[done]
             self.counters["episodes"] += int(done.sum())
@@ -230,6 +271,7 @@ class ReplayDataModule(L.LightningDataModule):
                 rollout = self._eval_env.rollout(max_steps, self._policy, break_when_any_done=True)
                 returns.append(float(rollout.get(("next", "reward")).sum()))
         self._last_eval_frames = self.counters["env_frames"]
+        self.counters["evaluations"] += 1
         mean = sum(returns) / len(returns)
         self._pending["eval/return"] = mean
         self._pending["eval/return_std"] = float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0
@@ -241,12 +283,53 @@ class ReplayDataModule(L.LightningDataModule):
         out, self._pending = self._pending, {}
         return out
 
+    # -- checkpointing ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"counters": dict(self.counters), "next_eval": self._next_eval}
+        """Counters, evaluation schedule, replay (as chunk files under ``replay_dir``), collector and RNGs."""
+        assert self.collector is not None, "state_dict() is taken during training"
+        collector = self.collector.state_dict()
+        return {
+            "counters": dict(self.counters),
+            "eval_every": self.eval_every,
+            "next_eval": self._next_eval,
+            "last_eval_frames": self._last_eval_frames,
+            "in_flight_steps": self._episode_steps,
+            "collector": {k: collector[k] for k in ("frames", "iter", "traj_pool")},
+            "episode_rng": _episode_rng_owner(self.collector.env).episode_rng_state(),
+            "rng": _get_rng_states(),
+            "replay": None
+            if self.replay_dir is None
+            else {"write_count": int(self.buffer.write_count), "chunks": self.archive.save(self.replay_dir)},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a checkpoint's stream; the episode in flight then restarts from its own start state."""
+        assert self.collector is not None, "setup() builds the collector before a checkpoint is loaded"
+        if state.get("replay") is None:
+            raise CheckpointError(
+                "the checkpoint holds no replay buffer (not written by hwm's checkpointing)"
+            )
+        if self.replay_dir is None:
+            raise RuntimeError("replay_dir (the checkpoint's folder) must be set before loading")
+        self.archive.restore(self.replay_dir, state["replay"]["chunks"], state["replay"]["write_count"])
         self.counters.update(state["counters"])
-        self._next_eval = state["next_eval"]
+        self._last_eval_frames = state["last_eval_frames"]
+        if state["eval_every"] == self.eval_every:
+            self._next_eval = state["next_eval"]
+        else:  # a new evaluation interval given on resume counts from the start of the run
+            frames = self.counters["env_frames"]
+            self._next_eval = (
+                (frames // self.eval_every + 1) * self.eval_every if self.eval_every else math.inf
+            )
+        # The env's physics can't be restored in general; replaying the episode's reset (same RNG state)
+        # makes a checkpoint taken at an episode boundary continue exactly as the run would have.
+        self.collector.load_state_dict(state["collector"], strict=False)
+        _episode_rng_owner(self.collector.env).set_episode_rng_state(state["episode_rng"])
+        self.collector.reset()
+        self._episode_steps = 0
+        self.counters["dropped_steps"] += state["in_flight_steps"]
+        self.counters["resumes"] += 1
+        self._resume_rng = state["rng"]
 
     def teardown(self, stage: str) -> None:
         if self.collector is not None:
@@ -256,6 +339,31 @@ class ReplayDataModule(L.LightningDataModule):
         if self._eval_env is not None:
             self._eval_env.close()
             self._eval_env = None
+
+
+def _episode_rng_owner(env: EnvBase) -> Any:
+    """The wrapper that can snapshot and replay the current episode's reset randomness."""
+    inner: Any = getattr(env, "base_env", env)
+    while inner is not None and not hasattr(inner, "episode_rng_state"):
+        inner = getattr(inner, "_env", None)
+    if inner is None:
+        raise TypeError(f"{type(env).__name__} has no episode_rng_state(): its episodes can't be resumed")
+    return inner
+
+
+def _get_rng_states() -> dict[str, Any]:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _identity(batch: TensorDictBase) -> TensorDictBase:

@@ -70,6 +70,7 @@ class ActionRepeat(dm_env.Environment):
         self._repeat = int(repeat)
         self._max_agent_steps = int(max_agent_steps)
         self._steps = 0
+        self._episode_rng: Any = None
         inner = env.action_spec()
         low = np.broadcast_to(np.asarray(inner.minimum, dtype=np.float64), inner.shape)
         high = np.broadcast_to(np.asarray(inner.maximum, dtype=np.float64), inner.shape)
@@ -125,8 +126,17 @@ class ActionRepeat(dm_env.Environment):
         flat = np.concatenate([np.asarray(obs[k], dtype=np.float32).ravel() for k in self._obs_keys])
         return collections.OrderedDict({OBS_KEY: flat})
 
+    def episode_rng_state(self) -> Any:
+        """The task's random state just before the current episode's reset (for resuming)."""
+        return self._episode_rng
+
+    def set_episode_rng_state(self, state: Any) -> None:
+        """The next reset then starts the same episode as the one ``state`` was taken from."""
+        self._env.task.random.set_state(state)
+
     def reset(self) -> dm_env.TimeStep:
         self._steps = 0
+        self._episode_rng = self._env.task.random.get_state()
         time_step = self._env.reset()
         return time_step._replace(observation=self._flatten(time_step))
 

@@ -1,0 +1,126 @@
+"""Crash-safe checkpoint files: atomic writes, and reads that fail with one clear line.
+
+A checkpoint is written to a temporary file in the same directory, fsynced and renamed over the target,
+and the directory entry is fsynced too: a kill or a full disk during a save leaves the previous file
+intact and loadable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+# Bump when the layout under checkpoint["hwm"] changes incompatibly.
+FORMAT_VERSION = 1
+HWM_KEY = "hwm"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or its replay files) cannot be used; the message says why in one line."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Calls ``write(file)`` on a temporary file beside ``path``, then renames it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_symlink(target: str, link: str | os.PathLike) -> None:
+    """Points ``link`` at ``target`` (relative names stay valid when the directory moves)."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported on this platform/filesystem
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_torch_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any:
+    """``torch.load`` with one-line errors for a missing, truncated or corrupt file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {str(path)!r} is not a file")
+    try:
+        # Our checkpoints hold numpy RNG states and plain containers besides tensors.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"{what} {str(path)!r} is truncated or corrupt ({detail})") from exc
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Loads and checks an hwm checkpoint: readable, written by hwm, not from a newer format version."""
+    checkpoint = load_torch_file(path)
+    if not isinstance(checkpoint, dict) or HWM_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {str(path)!r} was not written by hwm fit (no {HWM_KEY!r} section)")
+    version = checkpoint[HWM_KEY].get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {version}, newer than this hwm reads "
+            f"({FORMAT_VERSION}): upgrade hwm to resume it"
+        )
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO with atomic saves; a checkpoint the CLI already read is not read twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._preloaded: tuple[Path, dict[str, Any]] | None = None
+
+    def preload(self, path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+        self._preloaded = (Path(path).resolve(), checkpoint)
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: Any = None
+    ) -> Any:
+        if self._preloaded is not None and self._preloaded[0] == Path(path).resolve():
+            checkpoint, self._preloaded = self._preloaded[1], None
+            return checkpoint
+        return read_checkpoint(path)
