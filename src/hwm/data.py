@@ -299,7 +299,11 @@ class ReplayDataModule(L.LightningDataModule):
             "rng": _get_rng_states(),
             "replay": None
             if self.replay_dir is None
-            else {"write_count": int(self.buffer.write_count), "chunks": self.archive.save(self.replay_dir)},
+            else {
+                "write_count": int(self.buffer.write_count),
+                "capacity": self.archive.capacity,
+                "chunks": self.archive.save(self.replay_dir),
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -72,12 +72,17 @@ class ReplayArchive:
 
     @staticmethod
     def verify(
-        directory: str | Path, manifest: list[dict[str, Any]], write_count: int, *, checksums: bool = True
+        directory: str | Path,
+        manifest: list[dict[str, Any]],
+        write_count: int,
+        capacity: int,
+        *,
+        checksums: bool = True,
     ) -> None:
-        """Raises CheckpointError unless the chunks cover the checkpoint's window and are intact."""
+        """Raises CheckpointError unless the chunks cover the last ``capacity`` transitions and are intact."""
         directory = Path(directory)
         chunks = sorted(manifest, key=lambda c: c["start"])
-        covered = chunks[0]["start"] if chunks else write_count
+        covered = max(0, write_count - capacity)
         for chunk in chunks:
             if chunk["start"] > covered:
                 raise CheckpointError(f"replay chunks leave transitions {covered}..{chunk['start']} missing")
@@ -99,7 +104,7 @@ class ReplayArchive:
         directory = Path(directory)
         if len(self.buffer) or self.buffer.write_count:
             raise RuntimeError("restore() needs an empty replay buffer")
-        self.verify(directory, manifest, write_count, checksums=False)
+        self.verify(directory, manifest, write_count, self.capacity, checksums=False)
         window_start = max(0, write_count - self.capacity)
         for chunk in sorted(manifest, key=lambda c: c["start"]):
             tensors = load_torch_file(directory / chunk["file"], what="replay file")

@@ -59,7 +59,8 @@ def load_for_resume(path: Path) -> dict[str, Any]:
     state = next((v for k, v in checkpoint.items() if k.endswith("ReplayDataModule")), None)
     if not isinstance(state, Mapping) or state.get("replay") is None:
         raise CheckpointError(f"checkpoint {str(path)!r} holds no replay buffer state")
-    ReplayArchive.verify(path.parent, state["replay"]["chunks"], state["replay"]["write_count"])
+    replay = state["replay"]
+    ReplayArchive.verify(path.parent, replay["chunks"], replay["write_count"], replay["capacity"])
     for key in ("config", "run_id"):
         if key not in checkpoint[HWM_KEY]:
             raise CheckpointError(f"checkpoint {str(path)!r} lacks its run's {key}")
