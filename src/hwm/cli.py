@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 
+from hwm import presets  # noqa: E402
 from hwm.agent import HarmonyDreamAgent  # noqa: E402
 from hwm.data import ReplayDataModule  # noqa: E402
 from hwm.progress import FrameProgressBar  # noqa: E402
@@ -56,6 +57,13 @@ class HwmCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: ArgumentParser, args: Any) -> None:
+        # model.base / model.size choose the classes and their defaults before parsing, so that every
+        # explicit key (model.world_model.init_args.deter, ...) still overrides the preset.
+        if isinstance(args, (list, tuple)):
+            parser.set_defaults(presets.cli_defaults(args))
+        super().parse_arguments(parser, args)
+
     def log_config(self) -> None:
         """Records the resolved config as flattened params and as a YAML artifact of the MLflow run."""
         logger = self.trainer.logger
@@ -69,6 +77,7 @@ class HwmCLI(LightningCLI):
         logger.log_hyperparams({k: v for k, v in flat.items() if not k.startswith("trainer.logger")})
         logger.experiment.log_text(logger.run_id, config, "config.yaml")
         logger.experiment.set_tag(logger.run_id, "harmonizer_mode", self.model.harmonizer.mode)
+        logger.experiment.set_tag(logger.run_id, "base", self.model.base)
         logger.experiment.set_tag(logger.run_id, "task", self.datamodule.env_kwargs["task"])
         for cb in self.trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
