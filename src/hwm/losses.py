@@ -93,7 +93,10 @@ class TwoHot:
         if bins < 2:
             raise ValueError(f"two-hot needs at least 2 bins; got {bins}")
         self.bins, self.transform = bins, transform
-        self._points = torch.linspace(low, high, bins)
+        points = torch.linspace(low, high, bins, dtype=torch.float64)
+        if low == -high:  # exactly antisymmetric, so that 0 sits exactly on the middle bin
+            points = (points - points.flip(0)) / 2
+        self._points = points.float()
 
     def points(self, like: Tensor) -> Tensor:
         return self._points.to(device=like.device, dtype=torch.float32)
