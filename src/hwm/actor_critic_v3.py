@@ -55,6 +55,7 @@ class ActorCriticV3(ActorCritic):
         slow_critic_every: updates between moves of the slow critic.
         slow_critic_fraction: how far each move takes the slow critic towards the critic.
         slow_reg: weight of the critic's regulariser towards the slow critic's prediction.
+        return_norm: divide advantages by max(1, EMA of the 5-95 percentile range of returns) (off: ablation).
         imag_starts: imagine from this many random posterior states (0: all B x T of them).
     """
 
@@ -82,6 +83,7 @@ class ActorCriticV3(ActorCritic):
         slow_critic_every: int = 1,
         slow_critic_fraction: float = 0.02,
         slow_reg: float = 1.0,
+        return_norm: bool = True,
         imag_starts: int = 0,
     ) -> None:
         if not 0 < min_std < max_std:
@@ -102,7 +104,7 @@ class ActorCriticV3(ActorCritic):
             min_std=min_std,
             slow_critic_every=slow_critic_every,
             slow_critic_fraction=slow_critic_fraction,
-            return_norm=True,
+            return_norm=return_norm,
             imag_starts=imag_starts,
         )
         self.max_std, self.unimix, self.slow_reg = max_std, unimix, slow_reg
@@ -132,8 +134,9 @@ class ActorCriticV3(ActorCritic):
         with torch.no_grad():
             weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0)
 
-        self.retnorm.update(target)
-        scale = self.retnorm.scale()
+        if self.return_norm:
+            self.retnorm.update(target)
+        scale = self.retnorm.scale() if self.return_norm else torch.ones((), device=target.device)
         advantage = (target - value[:-1]) / scale
         if self.actor_grad == "dynamics":
             objective = advantage
