@@ -40,9 +40,10 @@ class HarmonyDreamAgent(L.LightningModule):
         harmonizer_weights: constant per-task weights for ``fixed`` mode (obs, reward, dynamics).
         continue_scale: fixed weight of the continue loss, which is never harmonized.
         model_lr, actor_lr, critic_lr: Adam learning rates; the harmonizers use ``model_lr``.
-        eps, model_eps: Adam epsilon of the actor and critic, and of the world model.
+        eps, model_eps: Adam epsilon of the actor and critic, and of the world model (null: ``eps``).
         weight_decay: decoupled weight decay of all three optimizers.
-        grad_clip, model_grad_clip: gradient-norm clip of the actor and critic, and of the world model.
+        grad_clip, model_grad_clip: gradient-norm clip of the actor and critic, and of the world model
+            (null: ``grad_clip``).
         log_every: updates between metric logs.
 
     Optimizer settings left null take the base's (DreamerV2: lr 3e-4 / 8e-5 / 8e-5, eps 1e-5, weight decay
@@ -103,7 +104,12 @@ class HarmonyDreamAgent(L.LightningModule):
             "grad_clip": grad_clip,
             "model_grad_clip": model_grad_clip,
         }
-        optim = {k: presets.OPTIM[base][k] if v is None else float(v) for k, v in given.items()}
+        table = presets.OPTIM[base]
+        optim = {k: float(v) if v is not None else table.get(k) for k, v in given.items()}
+        # Left unset, the world model shares the actor-critic's epsilon and clip (DreamerV2's one setting).
+        optim["model_eps"] = optim["model_eps"] if optim["model_eps"] is not None else optim["eps"]
+        if optim["model_grad_clip"] is None:
+            optim["model_grad_clip"] = optim["grad_clip"]
         self.model_lr, self.actor_lr, self.critic_lr = (
             optim["model_lr"],
             optim["actor_lr"],

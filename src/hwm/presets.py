@@ -23,7 +23,8 @@ CLASSES: dict[str, tuple[str, str]] = {
     "dreamerv3": ("hwm.world_model_v3.WorldModelV3", "hwm.actor_critic_v3.ActorCriticV3"),
 }
 
-# Optimizer settings of each base. DreamerV2: Adam(W) 1e-5 eps, 1e-6 weight decay, clip 100 everywhere, with
+# Optimizer settings of each base; model_eps / model_grad_clip left out (or null) follow eps / grad_clip.
+# DreamerV2: Adam(W) 1e-5 eps, 1e-6 weight decay, clip 100 everywhere, with
 # HarmonyDream's DMC model lr 3e-4. DreamerV3: model lr 1e-4, eps 1e-8, clip 1000; actor/critic lr 3e-5,
 # eps 1e-5, clip 100; no weight decay.
 OPTIM: dict[str, dict[str, float]] = {
@@ -31,10 +32,8 @@ OPTIM: dict[str, dict[str, float]] = {
         "model_lr": 3e-4,
         "actor_lr": 8e-5,
         "critic_lr": 8e-5,
-        "model_eps": 1e-5,
         "eps": 1e-5,
         "weight_decay": 1e-6,
-        "model_grad_clip": 100.0,
         "grad_clip": 100.0,
     },
     "dreamerv3": {
