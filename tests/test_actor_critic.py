@@ -203,7 +203,7 @@ def test_return_range_converges_to_the_spread() -> None:
     target = torch.linspace(0, 100, 101).reshape(101, 1)  # 5-95 percentile spread = 90
     previous = 0.0
     for _ in range(1000):
-        ac._update_return_scale(target)
+        ac.retnorm.update(target)
         assert previous < ac.return_range.item() <= 90.0 + 1e-3
         previous = ac.return_range.item()
     assert previous == pytest.approx(90.0 * (1 - 0.99**1000), rel=1e-4)

@@ -1,36 +1,50 @@
-"""DreamerV2 actor-critic learning in imagination."""
+"""DreamerV2 actor-critic learning in imagination (``hwm.actor_critic_v3`` extends it to DreamerV3)."""
 
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.distributions import Normal, OneHotCategorical
 
-from hwm.losses import lambda_return
+from hwm.losses import lambda_return, unimix_logits
 from hwm.networks import mlp
 from hwm.rssm import State
 from hwm.world_model import WorldModel
 
 
 class ActionDist:
-    """Actions in [-1, 1] (continuous) or one-hot (discrete), with rsample, log_prob, entropy and mode."""
+    """Actions in [-1, 1] (continuous) or one-hot (discrete), with rsample, log_prob, entropy and mode.
 
-    def __init__(self, out: Tensor, *, discrete: bool, min_std: float) -> None:
+    Continuous std: DreamerV2's 2 sigmoid(x/2) + min_std, or with ``max_std`` DreamerV3's
+    (max_std - min_std) sigmoid(x + 2) + min_std. ``unimix`` mixes a uniform share into discrete actions.
+    """
+
+    def __init__(
+        self,
+        out: Tensor,
+        *,
+        discrete: bool,
+        min_std: float,
+        max_std: float | None = None,
+        unimix: float = 0.0,
+    ) -> None:
         self.discrete = discrete
         out = out.float()
         if discrete:
-            self.dist = OneHotCategorical(logits=out, validate_args=False)
+            self.dist = OneHotCategorical(logits=unimix_logits(out, unimix), validate_args=False)
         else:
             mean, std = out.chunk(2, -1)
-            # DreamerV2's truncated-normal parameterisation; samples are clipped with straight-through
-            # gradients instead of truncated, which keeps rsample cheap and the entropy analytic.
-            self.dist = Normal(
-                torch.tanh(mean), 2.0 * torch.sigmoid(std / 2.0) + min_std, validate_args=False
-            )
+            if max_std is None:
+                std = 2.0 * torch.sigmoid(std / 2.0) + min_std
+            else:
+                std = (max_std - min_std) * torch.sigmoid(std + 2.0) + min_std
+            # Samples are clipped with straight-through gradients instead of truncated, which keeps rsample
+            # cheap and the entropy analytic.
+            self.dist = Normal(torch.tanh(mean), std, validate_args=False)
 
     def rsample(self) -> Tensor:
         if self.discrete:
@@ -61,6 +75,29 @@ class ActionDist:
         return self.dist.entropy().sum(-1)
 
 
+class ReturnNorm(nn.Module):
+    """DreamerV3's return normaliser: EMAs of the 5th and 95th percentiles of the lambda-returns.
+
+    ``scale`` = max(limit, high - low): returns are divided by it, so large returns are brought to a unit range
+    while small ones (sparse rewards) are not amplified.
+    """
+
+    def __init__(self, decay: float = 0.99, limit: float = 1.0, low: float = 5.0, high: float = 95.0) -> None:
+        super().__init__()
+        self.decay, self.limit, self.quantiles = decay, limit, (low / 100.0, high / 100.0)
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        q = torch.quantile(x.detach().float().flatten(), torch.tensor(self.quantiles, device=x.device))
+        self.low.mul_(self.decay).add_(q[0], alpha=1 - self.decay)
+        self.high.mul_(self.decay).add_(q[1], alpha=1 - self.decay)
+
+    def scale(self) -> Tensor:
+        return (self.high - self.low).clamp(min=self.limit)
+
+
 class ActorCritic(L.LightningModule):
     """Actor and critic trained on imagined rollouts of a (frozen) world model.
 
@@ -85,6 +122,12 @@ class ActorCritic(L.LightningModule):
             DreamerV3's normaliser.
         imag_starts: imagine from this many random posterior states (0: all B x T of them).
     """
+
+    # The base's structure (not configuration), overridden by ActorCriticV3.
+    _norm: ClassVar[bool] = False
+    _act: ClassVar[type[nn.Module]] = nn.ELU
+    _critic_out: ClassVar[int] = 1
+    _zero_critic: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -116,12 +159,27 @@ class ActorCritic(L.LightningModule):
         self.actor_entropy, self.min_std = actor_entropy, min_std
         self.slow_critic_every, self.slow_critic_fraction = slow_critic_every, slow_critic_fraction
         self.return_norm, self.imag_starts = return_norm, imag_starts
-        self.actor = mlp(feat_dim, action_dim if discrete else 2 * action_dim, hidden=units, layers=layers)
-        self.critic = mlp(feat_dim, 1, hidden=units, layers=layers)
+        blocks = {"norm": self._norm, "act": self._act}
+        self.actor = mlp(
+            feat_dim, action_dim if discrete else 2 * action_dim, hidden=units, layers=layers, **blocks
+        )
+        self.critic = mlp(
+            feat_dim,
+            self._critic_out,
+            hidden=units,
+            layers=layers,
+            out_scale=0.0 if self._zero_critic else 1.0,
+            **blocks,
+        )
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        # Percentile range of returns, EMA-smoothed (DreamerV3's normaliser), only used if return_norm.
-        self.register_buffer("return_range", torch.zeros(()))
+        # Only used if return_norm.
+        self.retnorm = ReturnNorm()
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def return_range(self) -> Tensor:
+        """EMA of the 5-95 percentile range of the returns (0 until the first update)."""
+        return self.retnorm.high - self.retnorm.low
 
     def action_dist(self, feat: Tensor) -> ActionDist:
         return ActionDist(self.actor(feat), discrete=self.discrete, min_std=self.min_std)
@@ -146,15 +204,20 @@ class ActorCritic(L.LightningModule):
         log_prob = torch.stack(log_probs) if log_probs else torch.zeros(0)
         return torch.stack(feats), torch.stack(actions), torch.stack(entropies), log_prob
 
-    def loss(self, world_model: WorldModel, start: State) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Actor and critic losses from imagination starting at (detached) posterior states."""
+    def _starts(self, start: State) -> State:
+        """Detached, flattened posterior states, subsampled to ``imag_starts``."""
         deter, stoch = (s.detach().flatten(0, -2) for s in start)
         if self.imag_starts and deter.shape[0] > self.imag_starts:
             idx = torch.randperm(deter.shape[0], device=deter.device)[: self.imag_starts]
             deter, stoch = deter[idx], stoch[idx]
+        return deter, stoch
+
+    def loss(self, world_model: WorldModel, start: State) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Actor and critic losses from imagination starting at (detached) posterior states."""
+        deter, stoch = self._starts(start)
         with world_model.frozen():
             feats, actions, entropy, log_prob = self.imagine(world_model, (deter, stoch))
-            reward = world_model.reward_head(feats[1:]).float().squeeze(-1)
+            reward = world_model.reward(feats[1:])
             discount = self.discount * world_model.continue_prob(feats[1:]).squeeze(-1)
         value = self.slow_critic(feats).float().squeeze(-1)
         target = lambda_return(reward, value, discount, lambda_=self.lambda_)  # [H, N]
@@ -162,8 +225,8 @@ class ActorCritic(L.LightningModule):
             weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0)
 
         if self.return_norm:
-            self._update_return_scale(target.detach())
-        scale = self.return_range.clamp(min=1.0) if self.return_norm else torch.ones_like(self.return_range)
+            self.retnorm.update(target)
+        scale = self.retnorm.scale() if self.return_norm else torch.ones((), device=target.device)
         value_pred = self.critic(feats[:-1].detach()).float().squeeze(-1)
         if self.actor_grad == "dynamics":
             objective = target / scale
@@ -182,12 +245,6 @@ class ActorCritic(L.LightningModule):
             "return_scale": scale.detach().clone(),
         }
         return {"actor": actor_loss, "critic": critic_loss}, metrics
-
-    @torch.no_grad()
-    def _update_return_scale(self, target: Tensor, decay: float = 0.99) -> None:
-        flat = target.flatten()
-        spread = torch.quantile(flat, 0.95) - torch.quantile(flat, 0.05)
-        self.return_range.mul_(decay).add_(spread, alpha=1 - decay)
 
     @torch.no_grad()
     def after_update(self) -> None:

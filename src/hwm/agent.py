@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -11,57 +13,110 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
+from hwm import presets
 from hwm.actor_critic import ActorCritic
 from hwm.data import EnvInfo
 from hwm.harmonizer import Harmonizer, HarmonizerMode
 from hwm.policy import DreamerPolicy
+from hwm.presets import Base, Size
 from hwm.world_model import WorldModel
 
 
 class HarmonyDreamAgent(L.LightningModule):
-    """HarmonyDream on a DreamerV2 base, trained with manual optimization (three optimizers per update).
+    """HarmonyDream on a DreamerV2 or DreamerV3 base, trained with manual optimization (three optimizers).
 
     Args:
         env_info: observation/action shapes; the CLI links it from the data module.
-        world_model: the world model class and its settings (``WorldModel(obs_shape, action_dim, ...)``).
-        actor_critic: the actor-critic class and its settings (``ActorCritic(feat_dim, action_dim, discrete)``).
-        harmonizer_mode: ``rectified`` (paper), ``unrectified``, ``fixed`` (DreamerV2 weights) or ``off``.
+        base: ``dreamerv2`` or ``dreamerv3``: the default world-model and actor-critic classes and optimizer
+            settings (the CLI sets them as defaults of the keys below, which still override them).
+        size: DreamerV3 model size ``XS``, ``S``, ``M``, ``L``, ``XL`` for the default classes (null: the
+            classes' own defaults).
+        world_model: the world model class and its settings (``WorldModel(obs_shape, action_dim, ...)``);
+            null: the base's class.
+        actor_critic: the actor-critic class and its settings (``ActorCritic(feat_dim, action_dim, discrete)``);
+            null: the base's class.
+        harmonizer_mode: ``rectified`` (paper), ``unrectified``, ``fixed`` (the base's weights times
+            ``harmonizer_weights``) or ``off`` (the base's weights).
         harmonizer_weights: constant per-task weights for ``fixed`` mode (obs, reward, dynamics).
         continue_scale: fixed weight of the continue loss, which is never harmonized.
         model_lr, actor_lr, critic_lr: Adam learning rates; the harmonizers use ``model_lr``.
-        eps, weight_decay, grad_clip: shared optimizer settings (DreamerV2: 1e-5, 1e-6, 100).
+        eps, model_eps: Adam epsilon of the actor and critic, and of the world model (null: ``eps``).
+        weight_decay: decoupled weight decay of all three optimizers.
+        grad_clip, model_grad_clip: gradient-norm clip of the actor and critic, and of the world model
+            (null: ``grad_clip``).
         log_every: updates between metric logs.
+
+    Optimizer settings left null take the base's (DreamerV2: lr 3e-4 / 8e-5 / 8e-5, eps 1e-5, weight decay
+    1e-6, clip 100; DreamerV3: lr 1e-4 / 3e-5 / 3e-5, eps 1e-8 model and 1e-5 actor-critic, no weight decay,
+    clip 1000 model and 100 actor-critic).
     """
 
     def __init__(
         self,
         env_info: EnvInfo,
         *,
-        world_model: Callable[[tuple[int, ...], int], WorldModel] = WorldModel,
-        actor_critic: Callable[[int, int, bool], ActorCritic] = ActorCritic,
+        base: Base = "dreamerv2",
+        size: Size | None = None,
+        world_model: Callable[[tuple[int, ...], int], WorldModel] | None = None,
+        actor_critic: Callable[[int, int, bool], ActorCritic] | None = None,
         harmonizer_mode: HarmonizerMode = "rectified",
         harmonizer_weights: dict[str, float] | None = None,
         continue_scale: float = 1.0,
-        model_lr: float = 3e-4,
-        actor_lr: float = 8e-5,
-        critic_lr: float = 8e-5,
-        eps: float = 1e-5,
-        weight_decay: float = 1e-6,
-        grad_clip: float = 100.0,
+        model_lr: float | None = None,
+        actor_lr: float | None = None,
+        critic_lr: float | None = None,
+        eps: float | None = None,
+        model_eps: float | None = None,
+        weight_decay: float | None = None,
+        grad_clip: float | None = None,
+        model_grad_clip: float | None = None,
         log_every: int = 50,
     ) -> None:
         super().__init__()
+        presets.check(base, size)
         self.automatic_optimization = False
-        self.world_model = world_model(tuple(env_info.obs_shape), env_info.action_dim)
-        self.actor_critic = actor_critic(
+        self.base, self.size = base, size
+        wm_size, ac_size = presets.size_options(size)
+        wm_cls, ac_cls = (_import(path) for path in presets.CLASSES[base])
+        self.world_model = (world_model or partial(wm_cls, **wm_size))(
+            tuple(env_info.obs_shape), env_info.action_dim
+        )
+        self.actor_critic = (actor_critic or partial(ac_cls, **ac_size))(
             self.world_model.rssm.feat_dim, env_info.action_dim, env_info.discrete
         )
+        if getattr(self.world_model, "base", base) != base:
+            raise ValueError(
+                f"model.base is {base!r} but model.world_model is a {self.world_model.base} world model "
+                f"({type(self.world_model).__name__}); drop its class_path or pick model.base "
+                f"{self.world_model.base!r}"
+            )
         self.harmonizer = Harmonizer(
             ("obs", "reward", "dynamics"), mode=harmonizer_mode, weights=harmonizer_weights
         )
         self.continue_scale = continue_scale
-        self.model_lr, self.actor_lr, self.critic_lr = model_lr, actor_lr, critic_lr
-        self.eps, self.weight_decay, self.grad_clip = eps, weight_decay, grad_clip
+        given = {
+            "model_lr": model_lr,
+            "actor_lr": actor_lr,
+            "critic_lr": critic_lr,
+            "eps": eps,
+            "model_eps": model_eps,
+            "weight_decay": weight_decay,
+            "grad_clip": grad_clip,
+            "model_grad_clip": model_grad_clip,
+        }
+        table = presets.OPTIM[base]
+        optim = {k: float(v) if v is not None else table.get(k) for k, v in given.items()}
+        # Left unset, the world model shares the actor-critic's epsilon and clip (DreamerV2's one setting).
+        optim["model_eps"] = optim["model_eps"] if optim["model_eps"] is not None else optim["eps"]
+        if optim["model_grad_clip"] is None:
+            optim["model_grad_clip"] = optim["grad_clip"]
+        self.model_lr, self.actor_lr, self.critic_lr = (
+            optim["model_lr"],
+            optim["actor_lr"],
+            optim["critic_lr"],
+        )
+        self.eps, self.model_eps, self.weight_decay = optim["eps"], optim["model_eps"], optim["weight_decay"]
+        self.grad_clip, self.model_grad_clip = optim["grad_clip"], optim["model_grad_clip"]
         self.log_every = max(1, log_every)
         self._last_log: tuple[float, int] | None = None
         # Metrics are merged per env-frame step and written when the step moves on, so every MLflow
@@ -86,15 +141,15 @@ class HarmonyDreamAgent(L.LightningModule):
         return self._policy
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        def adam(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
-            return torch.optim.AdamW(params, lr=lr, eps=self.eps, weight_decay=self.weight_decay)
+        def adam(params: list[Tensor], lr: float, eps: float) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=self.weight_decay)
 
         # The harmonizers join the world-model optimizer, as in the paper's code.
         model_params = list(self.world_model.parameters()) + list(self.harmonizer.parameters())
         return [
-            adam(model_params, self.model_lr),
-            adam(list(self.actor_critic.actor.parameters()), self.actor_lr),
-            adam(list(self.actor_critic.critic.parameters()), self.critic_lr),
+            adam(model_params, self.model_lr, self.model_eps),
+            adam(list(self.actor_critic.actor.parameters()), self.actor_lr, self.eps),
+            adam(list(self.actor_critic.critic.parameters()), self.critic_lr, self.eps),
         ]
 
     def training_step(self, dataloader_iter: Iterator[tuple[TensorDictBase, int, int]]) -> None:
@@ -104,7 +159,7 @@ class HarmonyDreamAgent(L.LightningModule):
         model_opt, actor_opt, critic_opt = self.optimizers()
 
         losses, posterior, wm_metrics = self.world_model.loss(batch)
-        harmonized, harmony_metrics = self.harmonizer(losses)
+        harmonized, harmony_metrics = self.harmonizer(self._harmonizer_inputs(losses))
         model_loss = harmonized + self.continue_scale * losses["continue"]
         self._step(model_opt, model_loss, "model")
 
@@ -127,6 +182,15 @@ class HarmonyDreamAgent(L.LightningModule):
             metrics.update(data_metrics)
             self._log(metrics)
 
+    def _harmonizer_inputs(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Learnable harmonizers see the tasks as the world model defines them; the fixed and off modes add
+        the base's own weights (DreamerV3: dynamics 0.5 + representation 0.1, i.e. 0.6 on the normalised KL
+        task), so that ``off`` is the plain base."""
+        if self.harmonizer.log_sigma is not None:
+            return losses
+        scales = self.world_model.task_scales
+        return {k: v * scales.get(k, 1.0) for k, v in losses.items()}
+
     def _step(self, optimizer: Any, loss: Tensor, name: str) -> None:
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -137,7 +201,8 @@ class HarmonyDreamAgent(L.LightningModule):
         # Lightning calls this after unscaling fp16 gradients, so the clip sees their true norm.
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if params:
-            limit = self.grad_clip if self.grad_clip > 0 else float("inf")
+            limit = self.model_grad_clip if self._stepping == "model" else self.grad_clip
+            limit = limit if limit > 0 else float("inf")
             self._grad_norms[self._stepping] = torch.nn.utils.clip_grad_norm_(params, limit)
 
     def on_train_epoch_end(self) -> None:
@@ -190,3 +255,8 @@ class HarmonyDreamAgent(L.LightningModule):
         if self.logger is not None and self.trainer.is_global_zero:
             # Keyed by env frames, the x-axis papers use; Lightning's global_step counts optimizer steps.
             self.logger.log_metrics(metrics, step=self._unlogged_step)
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)

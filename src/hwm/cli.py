@@ -30,6 +30,7 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
 
+from hwm import presets  # noqa: E402
 from hwm.agent import HarmonyDreamAgent  # noqa: E402
 from hwm.checkpoint_io import HWM_KEY, AtomicCheckpointIO, CheckpointError  # noqa: E402
 from hwm.checkpointing import PeriodicCheckpoint  # noqa: E402
@@ -102,6 +103,13 @@ class HwmCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: ArgumentParser, args: Any) -> None:
+        # model.base / model.size choose the classes and their defaults before parsing, so that every
+        # explicit key (model.world_model.init_args.deter, ...) still overrides the preset.
+        if isinstance(args, (list, tuple)):
+            parser.set_defaults(presets.cli_defaults(args))
+        super().parse_arguments(parser, args)
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("enable_checkpointing") is False:
             # Lightning refuses a checkpoint callback when checkpointing is off: honour the switch instead.
@@ -170,6 +178,7 @@ class HwmCLI(LightningCLI):
                 logger.log_hyperparams(flat)
                 client.log_text(run_id, config, "config.yaml")
                 client.set_tag(run_id, "harmonizer_mode", self.model.harmonizer.mode)
+                client.set_tag(run_id, "base", self.model.base)
                 client.set_tag(run_id, "task", self.datamodule.env_kwargs["task"])
             else:
                 existing = client.get_run(run_id).data.params

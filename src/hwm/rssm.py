@@ -1,4 +1,4 @@
-"""DreamerV2 recurrent state-space model: GRU deterministic state + categorical stochastic state."""
+"""Recurrent state-space model (DreamerV2/V3): GRU deterministic state + categorical stochastic state."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hwm.losses import unimix_logits
 from hwm.networks import NormGRUCell
 
 State = tuple[Tensor, Tensor]  # (deter [..., D], stoch [..., S*K] one-hot samples, flattened)
@@ -27,6 +28,9 @@ class RSSM(nn.Module):
     The input layers are split by source (stoch/action, deter/embed) so that the action and embedding
     parts are computed for the whole sequence at once, outside the per-step Python loop; the prior of a
     whole observed sequence is likewise computed in one call after the loop.
+
+    DreamerV3 differs only in its blocks (``norm``: LayerNorm before ``act``, SiLU) and in mixing 1% of a
+    uniform distribution into every categorical (``unimix``), which keeps the KL and log-probs bounded.
     """
 
     def __init__(
@@ -38,17 +42,29 @@ class RSSM(nn.Module):
         hidden: int = 200,
         stoch: int = 32,
         classes: int = 32,
+        norm: bool = False,
+        act: type[nn.Module] = nn.ELU,
+        unimix: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= unimix < 1.0:
+            raise ValueError(f"unimix must be in [0, 1); got {unimix}")
         self.deter_dim, self.stoch, self.classes = deter, stoch, classes
         self.stoch_dim = stoch * classes
+        self.unimix = unimix
         self.img_in_stoch = nn.Linear(self.stoch_dim, hidden)
         self.img_in_action = nn.Linear(action_dim, hidden, bias=False)
+        # Applied to the sum of the stoch and action projections (one linear over their concatenation).
+        self.img_in_act = nn.Sequential(nn.LayerNorm(hidden, eps=1e-3), act()) if norm else act()
         self.cell = NormGRUCell(hidden, deter)
-        self.prior_net = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, self.stoch_dim))
+        prior_hidden = (
+            [nn.Linear(deter, hidden), nn.LayerNorm(hidden, eps=1e-3)] if norm else [nn.Linear(deter, hidden)]
+        )
+        self.prior_net = nn.Sequential(*prior_hidden, act(), nn.Linear(hidden, self.stoch_dim))
         self.post_in_deter = nn.Linear(deter, hidden)
         self.post_in_embed = nn.Linear(embed_dim, hidden, bias=False)
-        self.post_out = nn.Sequential(nn.ELU(), nn.Linear(hidden, self.stoch_dim))
+        post_norm = [nn.LayerNorm(hidden, eps=1e-3)] if norm else []
+        self.post_out = nn.Sequential(*post_norm, act(), nn.Linear(hidden, self.stoch_dim))
 
     @property
     def feat_dim(self) -> int:
@@ -61,7 +77,7 @@ class RSSM(nn.Module):
         )
 
     def _logits(self, flat: Tensor) -> Tensor:
-        return flat.unflatten(-1, (self.stoch, self.classes))
+        return unimix_logits(flat.unflatten(-1, (self.stoch, self.classes)), self.unimix)
 
     def _sample(self, logits: Tensor) -> Tensor:
         return sample_straight_through(logits).flatten(-2)
@@ -71,7 +87,7 @@ class RSSM(nn.Module):
 
     def deter_step(self, state: State, action_proj: Tensor) -> Tensor:
         deter, stoch = state
-        x = F.elu(self.img_in_stoch(stoch) + action_proj)
+        x = self.img_in_act(self.img_in_stoch(stoch) + action_proj)
         return self.cell(x, deter)
 
     def img_step(self, state: State, action: Tensor) -> tuple[State, Tensor]:

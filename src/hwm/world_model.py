@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -24,6 +25,9 @@ class WorldModel(L.LightningModule):
     observations are state vectors and use MLPs. A batch holds TorchRL transitions: input step t is
     (``action`` a_t, ``("next", obs_key)`` o_{t+1}, ``("next", "reward")``, ``("next", "terminated")``).
 
+    The structure of the base (block type, conv padding, reward head) is set by class attributes, which
+    ``hwm.world_model_v3.WorldModelV3`` overrides; the constructor arguments are the configuration.
+
     Args:
         obs_shape: observation shape, from the env (not configured).
         action_dim: action size, from the env (not configured).
@@ -38,6 +42,13 @@ class WorldModel(L.LightningModule):
         free_nats: the KL is not pushed below this many nats (0 disables).
         continue_head: predict episode continuation (off for tasks that never terminate, like DMC).
     """
+
+    base: ClassVar[str] = "dreamerv2"
+    _norm: ClassVar[bool] = False  # LayerNorm in every block (DreamerV3)
+    _act: ClassVar[type[nn.Module]] = nn.ELU
+    _v3_cnn: ClassVar[bool] = False  # 'same'-padded convs down to 4x4 and back
+    _reward_out: ClassVar[int] = 1  # DreamerV3: two-hot bins
+    _zero_heads: ClassVar[bool] = False  # zero-initialised reward output (DreamerV3)
 
     def __init__(
         self,
@@ -61,13 +72,17 @@ class WorldModel(L.LightningModule):
         self.obs_key = "pixels" if self.pixels else "observation"
         self.action_dim = action_dim
         self.kl_balance, self.free_nats = kl_balance, free_nats
+        blocks = {"norm": self._norm, "act": self._act}
         if self.pixels:
-            self.encoder: nn.Module = ConvEncoder(depth=cnn_depth, in_channels=self.obs_shape[0])
+            self.encoder: nn.Module = ConvEncoder(
+                depth=cnn_depth, in_channels=self.obs_shape[0], same_padding=self._v3_cnn, **blocks
+            )
             embed_dim = self.encoder.out_dim
         else:
             obs_dim = flat_dim(self.obs_shape)
+            tail = [nn.LayerNorm(mlp_units, eps=1e-3), self._act()] if self._norm else [self._act()]
             self.encoder = nn.Sequential(
-                mlp(obs_dim, mlp_units, hidden=mlp_units, layers=mlp_layers - 1), nn.ELU()
+                mlp(obs_dim, mlp_units, hidden=mlp_units, layers=mlp_layers - 1, **blocks), *tail
             )
             embed_dim = mlp_units
         self.rssm = RSSM(
@@ -77,14 +92,35 @@ class WorldModel(L.LightningModule):
             hidden=hidden,
             stoch=stoch,
             classes=classes,
+            **blocks,
         )
         feat = self.rssm.feat_dim
         if self.pixels:
-            self.decoder: nn.Module = ConvDecoder(feat, depth=cnn_depth, out_channels=self.obs_shape[0])
+            self.decoder: nn.Module = ConvDecoder(
+                feat,
+                depth=cnn_depth,
+                out_channels=self.obs_shape[0],
+                minres=4 if self._v3_cnn else 1,
+                **blocks,
+            )
         else:
-            self.decoder = mlp(feat, flat_dim(self.obs_shape), hidden=mlp_units, layers=mlp_layers)
-        self.reward_head = mlp(feat, 1, hidden=mlp_units, layers=mlp_layers)
-        self.continue_head = mlp(feat, 1, hidden=mlp_units, layers=mlp_layers) if continue_head else None
+            self.decoder = mlp(feat, flat_dim(self.obs_shape), hidden=mlp_units, layers=mlp_layers, **blocks)
+        self.reward_head = mlp(
+            feat,
+            self._reward_out,
+            hidden=mlp_units,
+            layers=mlp_layers,
+            out_scale=0.0 if self._zero_heads else 1.0,
+            **blocks,
+        )
+        self.continue_head = (
+            mlp(feat, 1, hidden=mlp_units, layers=mlp_layers, **blocks) if continue_head else None
+        )
+
+    @property
+    def task_scales(self) -> dict[str, float]:
+        """The base's own fixed weights of the harmonized tasks (1 where absent); see the agent."""
+        return {}
 
     @staticmethod
     def feat(state: State) -> Tensor:
@@ -93,13 +129,17 @@ class WorldModel(L.LightningModule):
     def encode(self, obs: Tensor) -> Tensor:
         return self.encoder(obs if self.pixels else obs.to(torch.get_default_dtype()))
 
+    def reward(self, feat: Tensor) -> Tensor:
+        """Predicted reward [...] (no trailing dim) of features [..., F]."""
+        return self.reward_head(feat).float().squeeze(-1)
+
     def continue_prob(self, feat: Tensor) -> Tensor:
         if self.continue_head is None:
             return torch.ones(*feat.shape[:-1], 1, device=feat.device, dtype=torch.float32)
         return torch.sigmoid(self.continue_head(feat).float())
 
-    def loss(self, batch: TensorDictBase) -> tuple[dict[str, Tensor], State, dict[str, Tensor]]:
-        """Returns (named per-task losses, posterior state [B, T], detached diagnostics)."""
+    def _unpack(self, batch: TensorDictBase) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(obs, action, reward, terminated) of a [B, T] batch, shape-checked."""
         obs = batch.get(("next", self.obs_key))
         action = batch.get("action").to(torch.get_default_dtype())
         reward = batch.get(("next", "reward")).float()
@@ -109,7 +149,11 @@ class WorldModel(L.LightningModule):
         assert action.shape == (B, T, self.action_dim), f"action {tuple(action.shape)}"
         assert reward.shape == (B, T, 1), f"reward {tuple(reward.shape)}"
         assert terminated.shape == (B, T, 1), f"terminated {tuple(terminated.shape)}"
+        return obs, action, reward, terminated
 
+    def loss(self, batch: TensorDictBase) -> tuple[dict[str, Tensor], State, dict[str, Tensor]]:
+        """Returns (named per-task losses, posterior state [B, T], detached diagnostics)."""
+        obs, action, reward, terminated = self._unpack(batch)
         embed = self.encode(obs)
         post = self.rssm.observe(embed, action)
         feat = self.feat((post["deter"], post["stoch"]))
@@ -133,11 +177,7 @@ class WorldModel(L.LightningModule):
             "dynamics": dyn_loss,
             "continue": cont_loss,
         }
-        with torch.no_grad():
-            post_ent = _entropy(post["post_logits"])
-            prior_ent = _entropy(post["prior_logits"])
-        metrics = {"kl": kl, "post_entropy": post_ent, "prior_entropy": prior_ent}
-        return losses, (post["deter"], post["stoch"]), metrics
+        return losses, (post["deter"], post["stoch"]), _latent_metrics(post, kl)
 
     @contextmanager
     def frozen(self) -> Iterator[None]:
@@ -150,6 +190,15 @@ class WorldModel(L.LightningModule):
         finally:
             for p, f in zip(self.parameters(), flags, strict=True):
                 p.requires_grad_(f)
+
+
+def _latent_metrics(post: dict[str, Tensor], kl: Tensor) -> dict[str, Tensor]:
+    with torch.no_grad():
+        return {
+            "kl": kl.detach(),
+            "post_entropy": _entropy(post["post_logits"]),
+            "prior_entropy": _entropy(post["prior_logits"]),
+        }
 
 
 def _entropy(logits: Tensor) -> Tensor:
