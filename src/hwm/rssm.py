@@ -13,7 +13,12 @@ State = tuple[Tensor, Tensor]  # (deter [..., D], stoch [..., S*K] one-hot sampl
 
 
 def sample_straight_through(logits: Tensor) -> Tensor:
-    """One-hot sample per categorical (last dim) with straight-through gradients to the probabilities."""
+    """One-hot sample per categorical (last dim) with straight-through gradients to the probabilities.
+
+    Sampled in float32 under mixed precision: bf16 logits plus Gumbel noise (3 significant digits) would
+    skew which class wins.
+    """
+    logits = logits.float()
     probs = logits.softmax(-1)
     # Gumbel-max draws the same distribution as multinomial but stays one batched op.
     gumbel = -torch.log(-torch.log(torch.rand_like(probs).clamp_(1e-20, 1.0)))
