@@ -70,6 +70,7 @@ class HwmCLI(LightningCLI):
         logger.experiment.log_text(logger.run_id, config, "config.yaml")
         logger.experiment.set_tag(logger.run_id, "harmonizer_mode", self.model.harmonizer.mode)
         logger.experiment.set_tag(logger.run_id, "task", self.datamodule.env_kwargs["task"])
+        logger.experiment.set_tag(logger.run_id, "suite", self.datamodule.env_kwargs["suite"])
         for cb in self.trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = os.path.join("checkpoints", str(logger.run_id))

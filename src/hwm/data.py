@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +18,12 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, RewardSum
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from hwm.envs import OBS_KEY, PIXELS_KEY, make_env
+from hwm.envs import OBS_KEY, PIXELS_KEY
 from hwm.policy import DreamerPolicy
 from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
+from hwm.suites import make_suite_env
+
+SUCCESS_KEY = "success"  # envs with a success signal (Meta-world) report it per step, 1.0 once reached
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,9 @@ class ReplayDataModule(L.LightningDataModule):
     which ends the Lightning epoch and the run.
 
     Args:
-        task: DMC ``domain-task``, e.g. ``cartpole-balance``.
+        suite: ``dmc``, ``distracted_dmc``, ``metaworld`` or ``atari``.
+        task: the suite's task: DMC ``domain-task`` (``cartpole-balance``), a Meta-world task
+            (``lever-pull``), an Atari game (``pong``).
         from_pixels: 64x64 RGB observations instead of state vectors.
         action_repeat: env frames per agent step.
         time_limit: episode length in env frames.
@@ -53,11 +59,14 @@ class ReplayDataModule(L.LightningDataModule):
         eval_episodes: episodes per evaluation (actor's mode, no exploration).
         fast_render: MuJoCo offscreen quality knobs that keep the picture but render 3-4x faster.
         seed: seeds the training env; each evaluation env uses ``seed + 1000 + episodes so far``.
+        env_options: the suite's own options, e.g. ``{sticky: 0.25, noops: 30}`` (Atari), ``{distractor:
+            shapes, strength: 1.0}`` (distracted DMC), ``{shadows: false}`` (MuJoCo suites).
     """
 
     def __init__(
         self,
         *,
+        suite: str = "dmc",
         task: str = "cartpole-balance",
         from_pixels: bool = False,
         image_size: int = 64,
@@ -73,6 +82,7 @@ class ReplayDataModule(L.LightningDataModule):
         eval_episodes: int = 5,
         fast_render: bool = True,
         seed: int = 0,
+        env_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("total_frames", total_frames), ("batch_size", batch_size), ("seq_len", seq_len)):
@@ -92,6 +102,8 @@ class ReplayDataModule(L.LightningDataModule):
         if prefill_frames < 0 or eval_every < 0 or eval_episodes < 0:
             raise ValueError("data.prefill_frames, data.eval_every and data.eval_episodes must be >= 0")
         self.env_kwargs: dict[str, Any] = dict(
+            suite=suite,
+            options=dict(env_options or {}),
             task=task,
             from_pixels=from_pixels,
             image_size=image_size,
@@ -107,9 +119,12 @@ class ReplayDataModule(L.LightningDataModule):
         self.seed = seed
         # Probing the env here (not in setup) validates the task early and lets the CLI hand its shapes to
         # the agent's constructor.
-        probe = make_env(**self.env_kwargs, seed=seed)
+        probe = make_suite_env(**self.env_kwargs, seed=seed)
         try:
             obs_shape = tuple(probe.observation_spec[self.obs_key].shape)
+            self.has_success = SUCCESS_KEY in probe.observation_spec.keys()
+            # (random, human) scores for a human-normalised score (Atari), else None.
+            self.score_range: tuple[float, float] | None = getattr(probe, "score_range", None)
             action_spec = probe.action_spec
             discrete = (
                 action_spec.dtype in (torch.int64, torch.bool) or "OneHot" in type(action_spec).__name__
@@ -119,6 +134,7 @@ class ReplayDataModule(L.LightningDataModule):
             probe.close()
         self.counters: dict[str, float] = {"env_frames": 0, "agent_steps": 0, "episodes": 0, "credit": 0.0}
         self._pending: dict[str, float] = {}
+        self._train_successes: deque[float] = deque(maxlen=10)
         self.collector: Collector | None = None
         self.buffer = make_replay_buffer(capacity=capacity, batch_size=batch_size, seq_len=seq_len)
         self._next_eval = eval_every if eval_every else math.inf
@@ -146,7 +162,7 @@ class ReplayDataModule(L.LightningDataModule):
         )
 
     def _make_env(self, seed: int) -> EnvBase:
-        env = make_env(**self.env_kwargs, seed=seed)
+        env = make_suite_env(**self.env_kwargs, seed=seed)
         env.append_transform(self._policy.make_primer())
         env.append_transform(RewardSum())
         return env
@@ -210,6 +226,12 @@ class ReplayDataModule(L.LightningDataModule):
             self.counters["episodes"] += int(done.sum())
             self._pending["train/episode_return"] = float(returns[-1])
             self._pending["train/episodes"] = self.counters["episodes"]
+            if self.score_range is not None:
+                self._pending["train/human_normalized_score"] = self._normalize(float(returns[-1]))
+            if self.has_success:
+                self._train_successes.extend(data.get(("next", SUCCESS_KEY)).reshape(-1)[done].tolist())
+                # Over the last (up to) 10 training episodes: one episode alone only says 0 or 1.
+                self._pending["train/success_rate"] = sum(self._train_successes) / len(self._train_successes)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -224,17 +246,28 @@ class ReplayDataModule(L.LightningDataModule):
         else:
             self._eval_env.set_seed(seed)
         max_steps = self.env_kwargs["time_limit"] // self.action_repeat
-        returns = []
+        returns, successes = [], []
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             for _ in range(self.eval_episodes):
                 rollout = self._eval_env.rollout(max_steps, self._policy, break_when_any_done=True)
                 returns.append(float(rollout.get(("next", "reward")).sum()))
+                if self.has_success:
+                    successes.append(float(rollout.get(("next", SUCCESS_KEY))[-1].max()))
         self._last_eval_frames = self.counters["env_frames"]
         mean = sum(returns) / len(returns)
         self._pending["eval/return"] = mean
         self._pending["eval/return_std"] = float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0
+        if successes:
+            self._pending["eval/success_rate"] = sum(successes) / len(successes)
+        if self.score_range is not None:
+            self._pending["eval/human_normalized_score"] = self._normalize(mean)
         self._pending["time/eval_s"] = time.perf_counter() - start
         return mean
+
+    def _normalize(self, score: float) -> float:
+        assert self.score_range is not None
+        random, human = self.score_range
+        return (score - random) / (human - random)
 
     def pop_metrics(self) -> dict[str, float]:
         """Metrics gathered since the last call (the agent logs them: only it logs)."""
