@@ -141,7 +141,7 @@ class AtariEnv(gym.Env):
             return {self._key: self.ale.getRAM().astype(np.float32) / 255.0}
         pooled = np.maximum(self._screens[0], self._screens[1])
         image = Image.fromarray(pooled).resize((self._size, self._size), Image.BILINEAR)
-        return {self._key: np.asarray(image)}
+        return {self._key: np.array(image)}  # writable: torch warns on read-only arrays
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
