@@ -386,3 +386,12 @@ def test_fit_tiny_per_suite(fit_tiny, suite: str) -> None:
         assert values and all(np.isfinite(values)), (key, sorted(run.run.data.metrics))
     if "eval/success_rate" in keys:
         assert all(0 <= v <= 1 for _, v in run.history("eval/success_rate"))
+
+
+def test_cli_unknown_suite_is_one_line(run_hwm, tiny_config, tmp_path) -> None:
+    proc = run_hwm(["fit", "--config", tiny_config, "--data.suite", "mujoco"], cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "hwm fit: error: Unknown suite 'mujoco'; valid suites: dmc, distracted_dmc, metaworld, atari"
+    ]
