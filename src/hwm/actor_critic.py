@@ -56,6 +56,10 @@ class ActionDist:
 
     def sample(self) -> Tensor:
         with torch.no_grad():
+            if self.discrete:
+                # Exactly one-hot: the straight-through sum of rsample is off by float rounding, which the
+                # replay would then store (and an int64 one-hot spec would truncate 0.99999994 to 0).
+                return self.dist.sample()
             return self.rsample()
 
     def mode(self) -> Tensor:

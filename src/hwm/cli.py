@@ -180,6 +180,7 @@ class HwmCLI(LightningCLI):
                 client.set_tag(run_id, "harmonizer_mode", self.model.harmonizer.mode)
                 client.set_tag(run_id, "base", self.model.base)
                 client.set_tag(run_id, "task", self.datamodule.env_kwargs["task"])
+                client.set_tag(run_id, "suite", self.datamodule.env_kwargs["suite"])
             else:
                 existing = client.get_run(run_id).data.params
                 logger.log_hyperparams({k: v for k, v in flat.items() if k not in existing})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,13 @@ from torchrl.envs import EnvBase, RewardSum
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from hwm.checkpoint_io import CheckpointError
-from hwm.envs import OBS_KEY, PIXELS_KEY, make_env
+from hwm.envs import OBS_KEY, PIXELS_KEY
 from hwm.policy import DreamerPolicy
 from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
 from hwm.replay_archive import ReplayArchive
+from hwm.suites import make_suite_env
+
+SUCCESS_KEY = "success"  # envs with a success signal (Meta-world) report it per step, 1.0 once reached
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,9 @@ class ReplayDataModule(L.LightningDataModule):
     which ends the Lightning epoch and the run.
 
     Args:
-        task: DMC ``domain-task``, e.g. ``cartpole-balance``.
+        suite: ``dmc``, ``distracted_dmc``, ``metaworld`` or ``atari``.
+        task: the suite's task: DMC ``domain-task`` (``cartpole-balance``), a Meta-world task
+            (``lever-pull``), an Atari game (``pong``).
         from_pixels: 64x64 RGB observations instead of state vectors.
         action_repeat: env frames per agent step.
         time_limit: episode length in env frames.
@@ -58,11 +64,14 @@ class ReplayDataModule(L.LightningDataModule):
         eval_episodes: episodes per evaluation (actor's mode, no exploration).
         fast_render: MuJoCo offscreen quality knobs that keep the picture but render 3-4x faster.
         seed: seeds the training env; each evaluation env uses ``seed + 1000 + episodes so far``.
+        env_options: the suite's own options, e.g. ``{sticky: 0.25, noops: 30}`` (Atari), ``{distractor:
+            shapes, strength: 1.0}`` (distracted DMC), ``{shadows: false}`` (MuJoCo suites).
     """
 
     def __init__(
         self,
         *,
+        suite: str = "dmc",
         task: str = "cartpole-balance",
         from_pixels: bool = False,
         image_size: int = 64,
@@ -78,6 +87,7 @@ class ReplayDataModule(L.LightningDataModule):
         eval_episodes: int = 5,
         fast_render: bool = True,
         seed: int = 0,
+        env_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("total_frames", total_frames), ("batch_size", batch_size), ("seq_len", seq_len)):
@@ -97,6 +107,8 @@ class ReplayDataModule(L.LightningDataModule):
         if prefill_frames < 0 or eval_every < 0 or eval_episodes < 0:
             raise ValueError("data.prefill_frames, data.eval_every and data.eval_episodes must be >= 0")
         self.env_kwargs: dict[str, Any] = dict(
+            suite=suite,
+            options=dict(env_options or {}),
             task=task,
             from_pixels=from_pixels,
             image_size=image_size,
@@ -112,9 +124,12 @@ class ReplayDataModule(L.LightningDataModule):
         self.seed = seed
         # Probing the env here (not in setup) validates the task early and lets the CLI hand its shapes to
         # the agent's constructor.
-        probe = make_env(**self.env_kwargs, seed=seed)
+        probe = make_suite_env(**self.env_kwargs, seed=seed)
         try:
             obs_shape = tuple(probe.observation_spec[self.obs_key].shape)
+            self.has_success = SUCCESS_KEY in probe.observation_spec.keys()
+            # (random, human) scores for a human-normalised score (Atari), else None.
+            self.score_range: tuple[float, float] | None = getattr(probe, "score_range", None)
             action_spec = probe.action_spec
             discrete = (
                 action_spec.dtype in (torch.int64, torch.bool) or "OneHot" in type(action_spec).__name__
@@ -133,6 +148,7 @@ class ReplayDataModule(L.LightningDataModule):
             "dropped_steps": 0,
         }
         self._pending: dict[str, float] = {}
+        self._train_successes: deque[float] = deque(maxlen=10)
         self.collector: Collector | None = None
         self.buffer = make_replay_buffer(capacity=capacity, batch_size=batch_size, seq_len=seq_len)
         self.archive = ReplayArchive(self.buffer, capacity)
@@ -165,7 +181,7 @@ class ReplayDataModule(L.LightningDataModule):
         )
 
     def _make_env(self, seed: int) -> EnvBase:
-        env = make_env(**self.env_kwargs, seed=seed)
+        env = make_suite_env(**self.env_kwargs, seed=seed)
         env.append_transform(self._policy.make_primer())
         env.append_transform(RewardSum())
         return env
@@ -251,6 +267,12 @@ class ReplayDataModule(L.LightningDataModule):
             self.counters["episodes"] += int(done.sum())
             self._pending["train/episode_return"] = float(returns[-1])
             self._pending["train/episodes"] = self.counters["episodes"]
+            if self.score_range is not None:
+                self._pending["train/human_normalized_score"] = self._normalize(float(returns[-1]))
+            if self.has_success:
+                self._train_successes.extend(data.get(("next", SUCCESS_KEY)).reshape(-1)[done].tolist())
+                # Over the last (up to) 10 training episodes: one episode alone only says 0 or 1.
+                self._pending["train/success_rate"] = sum(self._train_successes) / len(self._train_successes)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -265,18 +287,29 @@ class ReplayDataModule(L.LightningDataModule):
         else:
             self._eval_env.set_seed(seed)
         max_steps = self.env_kwargs["time_limit"] // self.action_repeat
-        returns = []
+        returns, successes = [], []
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             for _ in range(self.eval_episodes):
                 rollout = self._eval_env.rollout(max_steps, self._policy, break_when_any_done=True)
                 returns.append(float(rollout.get(("next", "reward")).sum()))
+                if self.has_success:
+                    successes.append(float(rollout.get(("next", SUCCESS_KEY))[-1].max()))
         self._last_eval_frames = self.counters["env_frames"]
         self.counters["evaluations"] += 1
         mean = sum(returns) / len(returns)
         self._pending["eval/return"] = mean
         self._pending["eval/return_std"] = float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0
+        if successes:
+            self._pending["eval/success_rate"] = sum(successes) / len(successes)
+        if self.score_range is not None:
+            self._pending["eval/human_normalized_score"] = self._normalize(mean)
         self._pending["time/eval_s"] = time.perf_counter() - start
         return mean
+
+    def _normalize(self, score: float) -> float:
+        assert self.score_range is not None
+        random, human = self.score_range
+        return (score - random) / (human - random)
 
     def pop_metrics(self) -> dict[str, float]:
         """Metrics gathered since the last call (the agent logs them: only it logs)."""
@@ -288,6 +321,7 @@ class ReplayDataModule(L.LightningDataModule):
         """Counters, evaluation schedule, replay (as chunk files under ``replay_dir``), collector and RNGs."""
         assert self.collector is not None, "state_dict() is taken during training"
         collector = self.collector.state_dict()
+        rng_owner = _episode_rng_owner(self.collector.env)
         return {
             "counters": dict(self.counters),
             "eval_every": self.eval_every,
@@ -295,7 +329,8 @@ class ReplayDataModule(L.LightningDataModule):
             "last_eval_frames": self._last_eval_frames,
             "in_flight_steps": self._episode_steps,
             "collector": {k: collector[k] for k in ("frames", "iter", "traj_pool")},
-            "episode_rng": _episode_rng_owner(self.collector.env).episode_rng_state(),
+            "episode_rng": None if rng_owner is None else rng_owner.episode_rng_state(),
+            "train_successes": list(self._train_successes),
             "rng": _get_rng_states(),
             "replay": None
             if self.replay_dir is None
@@ -326,10 +361,15 @@ class ReplayDataModule(L.LightningDataModule):
                 (frames // self.eval_every + 1) * self.eval_every if self.eval_every else math.inf
             )
         # The env's physics can't be restored in general; replaying the episode's reset (same RNG state)
-        # makes a checkpoint taken at an episode boundary continue exactly as the run would have.
+        # makes a checkpoint taken at an episode boundary continue exactly as the run would have (DMC and
+        # Atari; Meta-world and the distractor videos start a new episode with their own RNG).
         self.collector.load_state_dict(state["collector"], strict=False)
-        _episode_rng_owner(self.collector.env).set_episode_rng_state(state["episode_rng"])
+        rng_owner = _episode_rng_owner(self.collector.env)
+        if rng_owner is not None and state["episode_rng"] is not None:
+            rng_owner.set_episode_rng_state(state["episode_rng"])
         self.collector.reset()
+        self._train_successes.clear()
+        self._train_successes.extend(state.get("train_successes", []))
         self._episode_steps = 0
         self.counters["dropped_steps"] += state["in_flight_steps"]
         self.counters["resumes"] += 1
@@ -346,12 +386,10 @@ class ReplayDataModule(L.LightningDataModule):
 
 
 def _episode_rng_owner(env: EnvBase) -> Any:
-    """The wrapper that can snapshot and replay the current episode's reset randomness."""
+    """The wrapper that can snapshot and replay the current episode's reset randomness (None: no such)."""
     inner: Any = getattr(env, "base_env", env)
     while inner is not None and not hasattr(inner, "episode_rng_state"):
         inner = getattr(inner, "_env", None)
-    if inner is None:
-        raise TypeError(f"{type(env).__name__} has no episode_rng_state(): its episodes can't be resumed")
     return inner
 
 

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from dm_control import suite  # noqa: E402
 from dm_control.rl import control  # noqa: E402
+from dm_control.suite.wrappers import pixels  # noqa: E402
 from dm_env import specs  # noqa: E402
 from torchrl.data import Unbounded  # noqa: E402
 from torchrl.envs import (  # noqa: E402
@@ -33,7 +34,16 @@ from torchrl.envs import (  # noqa: E402
     TransformedEnv,
 )
 
-__all__ = ["ActionRepeat", "dmc_tasks", "env_frames_per_step", "make_env"]
+__all__ = [
+    "ActionRepeat",
+    "RepeatedDMControlWrapper",
+    "dmc_tasks",
+    "env_frames_per_step",
+    "finish_dmc_env",
+    "load_dmc",
+    "make_env",
+    "tune_rendering",
+]
 
 if not hasattr(np, "in1d"):
     # numpy 2.4 removed in1d; dm_control 1.0.28's quadruped still calls it (sensor lookup),
@@ -166,7 +176,7 @@ class ActionRepeat(dm_env.Environment):
         self._env.close()
 
 
-class _RepeatedDMControlWrapper(DMControlWrapper):
+class RepeatedDMControlWrapper(DMControlWrapper):
     """``DMControlWrapper`` that accepts our dm_env wrapper.
 
     Upstream only accepts ``control.Environment`` or ``pixels.Wrapper`` instances and raises
@@ -175,14 +185,33 @@ class _RepeatedDMControlWrapper(DMControlWrapper):
     """
 
     def _check_kwargs(self, kwargs: dict) -> None:
-        if not isinstance(kwargs.get("env"), ActionRepeat):
-            raise TypeError(f"expected an ActionRepeat env, got {type(kwargs.get('env'))}")
+        env = kwargs.get("env")
+        # Distracted DMC hands in its own pixels.Wrapper around an ActionRepeat.
+        inner = getattr(env, "_env", None) if isinstance(env, pixels.Wrapper) else env
+        if not isinstance(inner, ActionRepeat):
+            raise TypeError(f"expected an ActionRepeat env, got {type(env)}")
 
     def _make_specs(self, env: Any) -> None:
         super()._make_specs(env)
         # dm_control's pixels.Wrapper inherits dm_env's default float64 reward_spec instead
         # of forwarding ours, so pixel envs would emit float64 rewards without this.
         self.reward_spec = Unbounded(shape=(*self.batch_size, 1), dtype=torch.float32, device=self.device)
+
+
+def tune_rendering(model: Any, *, fast: bool, shadows: bool) -> None:
+    """MuJoCo render knobs shared by every MuJoCo suite; must run before the first render.
+
+    ``fast``: no MSAA and 512px shadow maps (the picture differs only at anti-aliased edges).
+    ``shadows=False``: no cast shadows and no reflections (the floor mirror image): faster again, but the
+    picture changes (no shadow under the body, a matte floor).
+    """
+    if fast:
+        # Read when the GL context is created, i.e. at the first render.
+        model.vis.quality.offsamples = 0
+        model.vis.quality.shadowsize = 512
+    if not shadows:
+        model.light_castshadow[:] = 0
+        model.mat_reflectance[:] = 0.0
 
 
 def _parse_task(task: str) -> tuple[str, str]:
@@ -206,6 +235,7 @@ def make_env(
     time_limit: int = 1000,
     seed: int = 0,
     fast_render: bool = True,
+    shadows: bool = True,
     camera_id: int | None = None,
 ) -> EnvBase:
     """Build a seeded DMC env for TorchRL.
@@ -221,11 +251,29 @@ def make_env(
         seed: seeds the task's random state (initial states, targets).
         fast_render: no MSAA and 512px shadow maps: ~2.5x faster renders of a picture that
             differs only at anti-aliased edges (mean |diff| < 1 of 255 at 64x64).
+        shadows: False turns cast shadows and reflections off (faster; the picture changes).
         camera_id: defaults to 0, or 2 for quadruped (as DreamerV2).
 
     The returned env carries ``action_repeat`` as an attribute (see
     :func:`env_frames_per_step`).
     """
+    dm = load_dmc(task, action_repeat, time_limit, image_size, seed, fast_render, shadows)
+    domain = task.partition("-")[0]
+    cam = camera_id if camera_id is not None else (2 if domain == "quadruped" else 0)
+    repeated = ActionRepeat(dm, action_repeat, time_limit // action_repeat)
+    base = RepeatedDMControlWrapper(
+        repeated,
+        from_pixels=from_pixels,
+        pixels_only=True,
+        render_kwargs={"height": image_size, "width": image_size, "camera_id": cam},
+    )
+    return finish_dmc_env(base, action_repeat, from_pixels, seed)
+
+
+def load_dmc(
+    task: str, action_repeat: int, time_limit: int, image_size: int, seed: int, fast: bool, shadows: bool
+) -> control.Environment:
+    """Validates the common arguments and loads the dm_control task with its render knobs applied."""
     domain, name = _parse_task(task)
     if action_repeat < 1:
         raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
@@ -233,23 +281,15 @@ def make_env(
         raise ValueError(f"time_limit ({time_limit} env frames) must be >= action_repeat ({action_repeat})")
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
-    cam = camera_id if camera_id is not None else (2 if domain == "quadruped" else 0)
-
     # dm_control's own limit is disabled; ActionRepeat counts agent steps instead.
     dm = suite.load(domain, name, task_kwargs={"random": seed, "time_limit": float("inf")})
-    if fast_render:
-        # Read when the GL context is created, i.e. at the first render (which the pixel
-        # wrapper does in its constructor), so this must come first.
-        dm.physics.model.vis.quality.offsamples = 0
-        dm.physics.model.vis.quality.shadowsize = 512
-    repeated = ActionRepeat(dm, action_repeat, time_limit // action_repeat)
+    # The pixel wrapper renders in its constructor, so the knobs must be set first.
+    tune_rendering(dm.physics.model, fast=fast, shadows=shadows)
+    return dm
 
-    base = _RepeatedDMControlWrapper(
-        repeated,
-        from_pixels=from_pixels,
-        pixels_only=True,
-        render_kwargs={"height": image_size, "width": image_size, "camera_id": cam},
-    )
+
+def finish_dmc_env(base: EnvBase, action_repeat: int, from_pixels: bool, seed: int) -> EnvBase:
+    """The transforms every DMC-based env gets: CHW pixels, ``is_init``; seeded."""
     # Set on the base env: TransformedEnv forwards unknown attributes to it, so the value
     # survives any further wrapping by the trainer.
     base.action_repeat = action_repeat
