@@ -267,3 +267,18 @@ def test_safe_override_is_applied(workdir: Path) -> None:
     assert run.run.data.tags["resume1.overrides"] == "data.total_frames: 400 -> 440"  # ...the change is a tag
     assert run.client.get_experiment_by_name(TINY_EXPERIMENT) is not None
     _assert_steps_strictly_increase(run)
+
+
+def test_atari_run_resumes(tmp_path: Path, mlflow_db_template: Path) -> None:
+    """The discrete path and a gymnasium env whose episode start (ALE state + no-op RNG) is checkpointed."""
+    shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
+    args = ["--config", str(TINY_CONFIG), "--data.suite", "atari", "--data.task", "pong"]
+    args += ["--data.from_pixels", "true", "--data.time_limit", "200", "--data.total_frames", "240"]
+    fit_and_load(tmp_path, args)
+    half = _load(_run_dir(tmp_path) / "last.ckpt")
+    assert _data_state(half)["episode_rng"]["ale"] is not None
+    run = fit_and_load(tmp_path, [*args, "--data.total_frames", "320", "--ckpt_path", "last"])
+    final = _load(_run_dir(tmp_path) / "last.ckpt")
+    assert _data_state(final)["counters"]["env_frames"] == 320
+    assert final["hwm"]["updates"] == half["hwm"]["updates"] + 20
+    _assert_steps_strictly_increase(run)
