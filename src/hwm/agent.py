@@ -16,6 +16,7 @@ from torch import Tensor
 from hwm import presets
 from hwm.actor_critic import ActorCritic
 from hwm.data import EnvInfo
+from hwm.distributed import average_gradients, disable_ddp_reducer, gather_fingerprints
 from hwm.harmonizer import Harmonizer, HarmonizerMode
 from hwm.policy import DreamerPolicy
 from hwm.presets import Base, Size
@@ -156,6 +157,8 @@ class HarmonyDreamAgent(L.LightningModule):
         # Pulling the batch here (instead of Lightning prefetching the next one) keeps the data stream
         # exactly one batch ahead of nothing: a checkpoint after this update is a clean cut.
         batch = next(dataloader_iter)[0]
+        # Lightning re-arms DDP's reducer around every step; three backward passes need it off.
+        disable_ddp_reducer(self.trainer.strategy.model)
         model_opt, actor_opt, critic_opt = self.optimizers()
 
         losses, posterior, wm_metrics = self.world_model.loss(batch)
@@ -200,6 +203,7 @@ class HarmonyDreamAgent(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after unscaling fp16 gradients, so the clip sees their true norm.
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        average_gradients(params)  # DDP: the mean over processes, before clipping (a no-op otherwise)
         if params:
             limit = self.model_grad_clip if self._stepping == "model" else self.grad_clip
             limit = limit if limit > 0 else float("inf")
@@ -213,6 +217,16 @@ class HarmonyDreamAgent(L.LightningModule):
         self.flush_logs()
         # The stream ends only when the frame budget is spent.
         self.trainer.should_stop = True
+
+    def on_train_end(self) -> None:
+        if self.trainer.world_size == 1:
+            return
+        # Same start (DDP broadcast), same averaged gradients, same optimizer states: same weights, bitwise.
+        prints = gather_fingerprints(self)
+        if self.trainer.is_global_zero and self.logger is not None and hasattr(self.logger, "run_id"):
+            self.logger.experiment.set_tag(self.logger.run_id, "ddp.param_fingerprints", ",".join(prints))
+        if len(set(prints)) != 1:
+            raise RuntimeError(f"DDP processes ended with different weights: {prints}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Metrics of the current step may still grow (e.g. a final evaluation at these frames): they travel

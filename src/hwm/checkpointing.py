@@ -80,8 +80,18 @@ class PeriodicCheckpoint(Checkpoint):
 
     @staticmethod
     def _stamp(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple:
-        """Changes whenever the training state does (updates, frames, evaluations...)."""
-        return (int(pl_module.updates), *getattr(trainer.datamodule, "counters", {}).values())
+        """Changes whenever the training state does; the same on every DDP process."""
+        datamodule = trainer.datamodule
+        counters = getattr(datamodule, "counters", {})
+        return (
+            int(pl_module.updates),
+            counters.get("env_frames"),
+            getattr(datamodule, "stream_finished", None),
+        )
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The CLI knows the MLflow run (hence the folder) on rank 0 only.
+        self.run_dir, self.run_info = trainer.strategy.broadcast((self.run_dir, self.run_info), src=0)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_updates = int(pl_module.updates)
@@ -94,6 +104,9 @@ class PeriodicCheckpoint(Checkpoint):
         updates = int(pl_module.updates)
         by_updates = self.every_updates and updates - self._last_updates >= self.every_updates
         by_time = self.every_minutes and time.monotonic() - self._last_time >= self.every_minutes * 60
+        if self.every_minutes and trainer.world_size > 1:
+            # Saving is collective: every process must agree, and their clocks don't.
+            by_time = trainer.strategy.broadcast(by_time, src=0)
         if by_updates or by_time:
             self.save(trainer, pl_module)
 
@@ -117,7 +130,7 @@ class PeriodicCheckpoint(Checkpoint):
                 "file": name,
                 "updates": updates,
                 "env_frames": int(counters["env_frames"]),
-                "replay_files": [c["file"] for c in datamodule.archive.chunks],
+                "replay_files": list(datamodule.replay_files),
                 "saved_at": time.time(),
                 "format_version": FORMAT_VERSION,
                 **{k: v for k, v in self.run_info.items() if k != "config"},
@@ -148,6 +161,6 @@ class PeriodicCheckpoint(Checkpoint):
             (self.run_dir / old["file"]).unlink(missing_ok=True)
             (self.run_dir / old["file"]).with_suffix(".json").unlink(missing_ok=True)
         needed = {f for r in records[-self.keep_last :] for f in r["replay_files"]}
-        for chunk in (self.run_dir / REPLAY_DIR).glob("*.pt"):
-            if f"{REPLAY_DIR}/{chunk.name}" not in needed:
+        for chunk in (self.run_dir / REPLAY_DIR).rglob("*.pt"):
+            if chunk.relative_to(self.run_dir).as_posix() not in needed:
                 chunk.unlink(missing_ok=True)

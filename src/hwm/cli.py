@@ -348,6 +348,7 @@ def build_cli(args: Sequence[str]) -> HwmCLI:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # training_step(dataloader_iter) is deliberate (no prefetch: clean checkpoints), experimental or not.
     warnings.filterwarnings("ignore", message=r"Found `dataloader_iter` argument")
+    warnings.filterwarnings("ignore", message=r"You are using the `dataloader_iter` step flavor")
     try:
         with _held_logs(_SEED_LOG):
             return HwmCLI(

@@ -160,23 +160,33 @@ class ReplayDataModule(L.LightningDataModule):
         self._last_eval_frames = -1.0
         self._policy: DreamerPolicy | None = None
         self._eval_env: EnvBase | None = None
+        # Under DDP each process owns an env, a collector and a replay shard; counters and budgets are global.
+        self.rank, self.world_size = 0, 1
+        self.stream_finished = False
+        self.replay_files: list[str] = []
 
     # -- wiring -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         agent = self.trainer.lightning_module if self.trainer is not None else None
         if agent is not None and self._policy is None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+            if self.world_size > 1:
+                # Identical weights come from DDP's broadcast; exploration and replay sampling must differ.
+                L.seed_everything(self.seed + self.rank, verbose=False)
+                self.archive.prefix = f"{self.archive.prefix}/rank{self.rank}"
             self.attach_policy(agent.policy())
 
     def attach_policy(self, policy: DreamerPolicy) -> None:
         """Builds the collector around the agent's recurrent policy (its latent rides in the tensordict)."""
         self._policy = policy
-        env = self._make_env(self.seed)
+        env = self._make_env(self.seed + 10_007 * self.rank)
         self.collector = Collector(
             env,
             policy,
             frames_per_batch=self.steps_per_collect,
             total_frames=-1,
-            init_random_frames=self.prefill_frames // self.action_repeat,
+            # Each process collects its share of the (global) prefill.
+            init_random_frames=math.ceil(self.prefill_frames // self.action_repeat / self.world_size),
             exploration_type=ExplorationType.RANDOM,
         )
 
@@ -206,11 +216,13 @@ class ReplayDataModule(L.LightningDataModule):
 
     def batches(self) -> Iterator[TensorDictBase]:
         assert self.collector is not None, "attach_policy() must run before batches()"
+        self.stream_finished = False
         if self._resume_rng is not None:
             # Restored as late as possible: anything between loading and here may draw random numbers.
             _set_rng_states(self._resume_rng)
             self._resume_rng = None
-        per_step = self.train_ratio / self.replayed_steps
+        # One update replays world_size batches (one per process) for world_size agent steps collected.
+        per_step = self.train_ratio / (self.replayed_steps * self.world_size)
         prefill_steps = self.prefill_frames // self.action_repeat
         if self.counters["agent_steps"] < prefill_steps:
             # The progress bar only appears with the first batch, i.e. after the prefill.
@@ -224,7 +236,7 @@ class ReplayDataModule(L.LightningDataModule):
         for data in self.collector:
             self._ingest(data)
             # Only steps past the prefill earn updates, also when one collect straddles its end.
-            fresh = min(data.numel(), self.counters["agent_steps"] - prefill_steps)
+            fresh = min(data.numel() * self.world_size, self.counters["agent_steps"] - prefill_steps)
             if fresh > 0:
                 self.counters["credit"] += fresh * per_step
             while self.counters["credit"] >= 1.0 and len(self.buffer) >= self.seq_len:
@@ -233,6 +245,7 @@ class ReplayDataModule(L.LightningDataModule):
             if self._evaluate_if_due():
                 break
         self._final_evaluation()
+        self.stream_finished = True
 
     def _evaluate_if_due(self) -> bool:
         """Runs a periodic evaluation when one is due; True once the frame budget is spent."""
@@ -257,8 +270,9 @@ class ReplayDataModule(L.LightningDataModule):
         ]
         self.buffer.extend(data.select(*keep))
         steps = data.numel()
-        self.counters["agent_steps"] += steps
-        self.counters["env_frames"] += steps * self.action_repeat
+        # Global counts: every process collects the same number of steps per collect.
+        self.counters["agent_steps"] += steps * self.world_size
+        self.counters["env_frames"] += steps * self.action_repeat * self.world_size
         done = data.get(("next", "done")).reshape(-1)
         ends = done.nonzero()
         self._episode_steps = steps - 1 - int(ends[-1]) if len(ends) else self._episode_steps + steps
@@ -278,6 +292,10 @@ class ReplayDataModule(L.LightningDataModule):
     def evaluate(self) -> float:
         """Runs ``eval_episodes`` episodes with the actor's mode; queues eval/return for the agent to log."""
         if not self.eval_episodes:
+            return float("nan")
+        if self.rank != 0:  # one process evaluates (and logs); the others move on to the next update
+            self._last_eval_frames = self.counters["env_frames"]
+            self.counters["evaluations"] += 1
             return float("nan")
         start = time.perf_counter()
         seed = self.seed + 1000 + int(self.counters["episodes"])
@@ -318,7 +336,21 @@ class ReplayDataModule(L.LightningDataModule):
 
     # -- checkpointing ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Counters, evaluation schedule, replay (as chunk files under ``replay_dir``), collector and RNGs."""
+        """Counters, evaluation schedule, replay (as chunk files under ``replay_dir``), collector and RNGs.
+
+        Under DDP every process writes its replay shard and contributes its state: the result (saved by
+        rank 0) is rank 0's state plus ``ranks``, every process's state.
+        """
+        own = self._own_state()
+        if self.world_size == 1:
+            self.replay_files = [c["file"] for c in self.archive.chunks]
+            return own
+        states: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(states, own)
+        self.replay_files = [c["file"] for st in states if st["replay"] for c in st["replay"]["chunks"]]
+        return {**states[0], "ranks": states}
+
+    def _own_state(self) -> dict[str, Any]:
         assert self.collector is not None, "state_dict() is taken during training"
         collector = self.collector.state_dict()
         rng_owner = _episode_rng_owner(self.collector.env)
@@ -344,6 +376,13 @@ class ReplayDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a checkpoint's stream; the episode in flight then restarts from its own start state."""
         assert self.collector is not None, "setup() builds the collector before a checkpoint is loaded"
+        ranks = len(state.get("ranks", [state]))
+        if ranks != self.world_size:
+            raise CheckpointError(
+                f"the checkpoint was written by {ranks} processes; this run has {self.world_size}"
+            )
+        if "ranks" in state:
+            state = state["ranks"][self.rank]
         if state.get("replay") is None:
             raise CheckpointError(
                 "the checkpoint holds no replay buffer (not written by hwm's checkpointing)"

@@ -39,6 +39,8 @@ class ReplayArchive:
         self.capacity = capacity
         # {"file": relative path, "start": first global index, "end": one past the last, "bytes", "sha256"}
         self.chunks: list[dict[str, Any]] = []
+        # Folder of the chunk files, relative to the checkpoint's (DDP: one per process).
+        self.prefix = REPLAY_DIR
 
     @property
     def archived(self) -> int:
@@ -55,7 +57,7 @@ class ReplayArchive:
             positions = torch.arange(start, total) % self.capacity
             items = self.buffer.storage.get(positions)
             tensors = {"/".join(k) if isinstance(k, tuple) else k: v for k, v in items.items(True, True)}
-            name = f"{REPLAY_DIR}/replay-{start:012d}-{total:012d}.pt"
+            name = f"{self.prefix}/replay-{start:012d}-{total:012d}.pt"
             atomic_torch_save(tensors, directory / name)
             path = directory / name
             self.chunks.append(

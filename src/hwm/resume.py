@@ -59,8 +59,9 @@ def load_for_resume(path: Path) -> dict[str, Any]:
     state = next((v for k, v in checkpoint.items() if k.endswith("ReplayDataModule")), None)
     if not isinstance(state, Mapping) or state.get("replay") is None:
         raise CheckpointError(f"checkpoint {str(path)!r} holds no replay buffer state")
-    replay = state["replay"]
-    ReplayArchive.verify(path.parent, replay["chunks"], replay["write_count"], replay["capacity"])
+    for rank_state in state.get("ranks", [state]):  # DDP: one replay shard per process
+        replay = rank_state["replay"]
+        ReplayArchive.verify(path.parent, replay["chunks"], replay["write_count"], replay["capacity"])
     for key in ("config", "run_id"):
         if key not in checkpoint[HWM_KEY]:
             raise CheckpointError(f"checkpoint {str(path)!r} lacks its run's {key}")
