@@ -66,3 +66,28 @@ def test_ddp_two_processes_then_resume(tmp_path: Path, mlflow_db_template: Path)
     for key in resumed.run.data.metrics:
         steps = [m.step for m in resumed.client.get_metric_history(resumed.run_id, key)]
         assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), key
+
+
+def test_time_split_is_logged(tiny_run: LoggedRun) -> None:
+    metrics = tiny_run.run.data.metrics
+    for part in ("collect", "replay", "world_model", "harmonizer", "actor_critic"):
+        assert metrics[f"time/{part}_ms"] >= 0.0, part
+    assert metrics["time/world_model_ms"] > metrics["time/harmonizer_ms"]
+
+
+def test_throughput_benchmark_reports_one_json_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import throughput
+
+    monkeypatch.chdir(tmp_path)
+    assert (
+        throughput.main(["--config", str(TINY_CONFIG), "--updates", "5", "--warmup", "2", "--threads", "1"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["updates"] >= 5 and result["updates_per_s"] > 0 and result["env_frames_per_s"] > 0
+    assert {"collect", "replay", "world_model", "actor_critic", "harmonizer"} <= result["split_ms"].keys()
+    assert 0 <= result["harmonizer_share"] < 1

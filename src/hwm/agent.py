@@ -20,6 +20,7 @@ from hwm.distributed import average_gradients, disable_ddp_reducer, gather_finge
 from hwm.harmonizer import Harmonizer, HarmonizerMode
 from hwm.policy import DreamerPolicy
 from hwm.presets import Base, Size
+from hwm.timing import Stopwatch
 from hwm.world_model import WorldModel
 
 
@@ -125,6 +126,8 @@ class HarmonyDreamAgent(L.LightningModule):
         self._unlogged: dict[str, float] = {}
         self._unlogged_step = -1
         self.log_floor = -1
+        self.timer = Stopwatch()
+        self._timed_updates = 0
         self._grad_norms: dict[str, Tensor] = {}
         self._stepping = "model"
         self.bar_metrics: dict[str, float] = {}
@@ -161,17 +164,21 @@ class HarmonyDreamAgent(L.LightningModule):
         disable_ddp_reducer(self.trainer.strategy.model)
         model_opt, actor_opt, critic_opt = self.optimizers()
 
-        losses, posterior, wm_metrics = self.world_model.loss(batch)
-        harmonized, harmony_metrics = self.harmonizer(self._harmonizer_inputs(losses))
-        model_loss = harmonized + self.continue_scale * losses["continue"]
-        self._step(model_opt, model_loss, "model")
+        with self.timer("world_model"):
+            losses, posterior, wm_metrics = self.world_model.loss(batch)
+            with self.timer("harmonizer"):
+                harmonized, harmony_metrics = self.harmonizer(self._harmonizer_inputs(losses))
+            model_loss = harmonized + self.continue_scale * losses["continue"]
+            self._step(model_opt, model_loss, "model")
 
-        ac_losses, ac_metrics = self.actor_critic.loss(self.world_model, posterior)
-        # One backward per optimizer: under 16-mixed every step updates the grad scaler, so gradients of a
-        # shared backward would be unscaled with two different scales.
-        self._step(actor_opt, ac_losses["actor"], "actor")
-        self._step(critic_opt, ac_losses["critic"], "critic")
-        self.actor_critic.after_update()
+        with self.timer("actor_critic"):
+            ac_losses, ac_metrics = self.actor_critic.loss(self.world_model, posterior)
+            # One backward per optimizer: under 16-mixed every step updates the grad scaler, so gradients
+            # of a shared backward would be unscaled with two different scales.
+            self._step(actor_opt, ac_losses["actor"], "actor")
+            self._step(critic_opt, ac_losses["critic"], "critic")
+            self.actor_critic.after_update()
+        self._timed_updates += 1
 
         data_metrics = self._datamodule_metrics()
         if self.updates % self.log_every == 0 or data_metrics:
@@ -183,7 +190,18 @@ class HarmonyDreamAgent(L.LightningModule):
             metrics.update({f"actor_critic/{k}": v for k, v in ac_metrics.items()})
             metrics.update({f"grad_norm/{k}": v for k, v in self._grad_norms.items()})
             metrics.update(data_metrics)
-            self._log(metrics)
+            metrics.update(self._time_split())
+            with self.timer("logging"):
+                self._log(metrics)
+
+    def _time_split(self) -> dict[str, float]:
+        """Milliseconds per update in each section since the last log (data module's sections included)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        seconds = self.timer.pop()
+        seconds.update(getattr(dm, "timer", Stopwatch()).pop())
+        updates, self._timed_updates = max(self._timed_updates, 1), 0
+        # The harmonizer's time is part of the world model's; logged on its own for its overhead.
+        return {f"time/{name}_ms": 1000 * total / updates for name, total in seconds.items()}
 
     def _harmonizer_inputs(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """Learnable harmonizers see the tasks as the world model defines them; the fixed and off modes add

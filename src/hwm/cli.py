@@ -114,6 +114,8 @@ class HwmCLI(LightningCLI):
         if config.get("enable_checkpointing") is False:
             # Lightning refuses a checkpoint callback when checkpointing is off: honour the switch instead.
             callbacks = [cb for cb in callbacks if not isinstance(cb, PeriodicCheckpoint)]
+        if config.get("enable_progress_bar") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, FrameProgressBar)]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

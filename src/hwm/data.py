@@ -27,6 +27,7 @@ from hwm.policy import DreamerPolicy
 from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
 from hwm.replay_archive import ReplayArchive
 from hwm.suites import make_suite_env
+from hwm.timing import Stopwatch
 
 SUCCESS_KEY = "success"  # envs with a success signal (Meta-world) report it per step, 1.0 once reached
 
@@ -164,6 +165,7 @@ class ReplayDataModule(L.LightningDataModule):
         self.rank, self.world_size = 0, 1
         self.stream_finished = False
         self.replay_files: list[str] = []
+        self.timer = Stopwatch()
 
     # -- wiring -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -233,15 +235,22 @@ class ReplayDataModule(L.LightningDataModule):
         if self._evaluate_if_due():
             self._final_evaluation()
             return
-        for data in self.collector:
-            self._ingest(data)
+        collected = iter(self.collector)
+        while True:
+            with self.timer("collect"):
+                data = next(collected, None)
+                if data is None:
+                    break
+                self._ingest(data)
             # Only steps past the prefill earn updates, also when one collect straddles its end.
             fresh = min(data.numel() * self.world_size, self.counters["agent_steps"] - prefill_steps)
             if fresh > 0:
                 self.counters["credit"] += fresh * per_step
             while self.counters["credit"] >= 1.0 and len(self.buffer) >= self.seq_len:
                 self.counters["credit"] -= 1.0
-                yield sample_sequences(self.buffer, self.batch_size, self.seq_len)
+                with self.timer("replay"):
+                    batch = sample_sequences(self.buffer, self.batch_size, self.seq_len)
+                yield batch
             if self._evaluate_if_due():
                 break
         self._final_evaluation()
@@ -297,6 +306,10 @@ class ReplayDataModule(L.LightningDataModule):
             self._last_eval_frames = self.counters["env_frames"]
             self.counters["evaluations"] += 1
             return float("nan")
+        with self.timer("evaluate"):
+            return self._evaluate()
+
+    def _evaluate(self) -> float:
         start = time.perf_counter()
         seed = self.seed + 1000 + int(self.counters["episodes"])
         # One evaluation env for the run (a pixel env owns a GL context), re-seeded for each evaluation.
