@@ -308,6 +308,8 @@ def _explain_parse_error(exc: BaseException) -> str:
 
 _SEED_LOG = "lightning.fabric.utilities.seed"
 _RANK_ZERO_LOG = "lightning.pytorch.utilities.rank_zero"
+# TorchRL announces every storage it allocates on stdout; keep stdout for results.
+logging.getLogger("torchrl").setLevel(logging.WARNING)
 # An advertisement Lightning prints on every run; nothing to act on.
 logging.getLogger(_RANK_ZERO_LOG).addFilter(lambda record: "litlogger" not in record.getMessage())
 
@@ -413,8 +415,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
     cli.log_config(resume)
+    _size_threads(cli.trainer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume.path if resume else None)
     return 0
+
+
+def _size_threads(trainer: Trainer) -> None:
+    """One share of this machine's cores per local process, unless OMP_NUM_THREADS says otherwise.
+
+    torch's default (every core in every process) makes DDP processes on one machine fight over cores.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // max(1, trainer.num_devices)))
 
 
 def _build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
