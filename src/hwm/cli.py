@@ -86,7 +86,7 @@ class HwmCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="resume from a checkpoint: a .ckpt file, a run folder, or 'last' (newest under checkpoints/)",
+            help="resume from a checkpoint: a .ckpt file, a run folder, or 'last' (newest under --checkpoint.dirpath, default checkpoints/)",
         )
         parser.set_defaults(
             {
@@ -437,7 +437,7 @@ def _build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
     args, ckpt_arg = _pop_ckpt_path(args)
     if ckpt_arg is None:
         return build_cli(args), None
-    path = resolve_ckpt_path(ckpt_arg)
+    path = resolve_ckpt_path(ckpt_arg, _flag_value(args, "--checkpoint.dirpath") or "checkpoints")
     checkpoint = load_for_resume(path)
     saved = {k: v for k, v in yaml.safe_load(checkpoint[HWM_KEY]["config"]).items() if k not in IGNORED_KEYS}
     files, overrides = _split_config_files(args)
@@ -450,6 +450,17 @@ def _build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
     resume = cli.check_resume(path, checkpoint)
     resume.shadowed = _shadowed(files, overrides, saved)
     return cli, resume
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    """The value of ``flag VALUE`` / ``flag=VALUE`` in ``args`` (the last one wins), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def _split_config_files(args: list[str]) -> tuple[list[str], list[str]]:
