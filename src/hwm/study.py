@@ -20,10 +20,13 @@ import itertools
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ class Study:
     tracking_uri: str | None = None
     study_id: str = ""
     dry_run: bool = False
+    jobs: int = 1
 
     def variants(self) -> list[dict[str, str]]:
         keys = list(self.vary)
@@ -113,6 +117,7 @@ def build(argv: Sequence[str]) -> Study:
     p.add_argument("--experiment", help="MLflow experiment for all runs (default: the config's)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for all runs (default: the config's)")
     p.add_argument("--study-id", help="tag value hwm.study (default: study-<time>-<random>)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1: one after another)")
     p.add_argument("--dry-run", action="store_true", help="print the hwm fit commands and exit")
     p.add_argument(
         "fit_args", nargs=argparse.REMAINDER, help="after --: extra hwm fit arguments for every run"
@@ -126,6 +131,8 @@ def build(argv: Sequence[str]) -> Study:
     extra = ns.fit_args[1:] if ns.fit_args[:1] == ["--"] else ns.fit_args
     if not configs:
         raise StudyError("give at least one --config FILE (or `config:` in the plan)")
+    if ns.jobs < 1:
+        raise StudyError(f"--jobs must be >= 1; got {ns.jobs}")
     if len(set(seeds)) != len(seeds):
         raise StudyError(f"--seeds has duplicates: {seeds}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -138,6 +145,7 @@ def build(argv: Sequence[str]) -> Study:
         tracking_uri=ns.tracking_uri or plan.get("tracking_uri"),
         study_id=ns.study_id or f"study-{stamp}-{secrets.token_hex(2)}",
         dry_run=ns.dry_run,
+        jobs=ns.jobs,
     )
     return study
 
@@ -163,33 +171,50 @@ def _config_value(configs: Sequence[str], key: str) -> Any:
 
 
 def run(study: Study) -> int:
-    """Runs every variant x seed in order; a config error stops the study, a crashed run doesn't."""
+    """Runs every variant x seed; a config error stops the study, a crashed run doesn't.
+
+    With ``jobs > 1`` the first run goes alone (it creates the experiment and surfaces config errors),
+    the rest share ``jobs`` processes.
+    """
     jobs = [(v, s) for v in study.variants() for s in study.seeds]
     failed: list[str] = []
-    print(
-        f"hwm study {study.study_id}: {len(jobs)} runs ({len(study.variants())} variants x {len(study.seeds)} seeds)"
-    )
-    for i, (variant, seed) in enumerate(jobs, 1):
+    n_variants = len(study.variants())
+    print(f"hwm study {study.study_id}: {len(jobs)} runs ({n_variants} variants x {len(study.seeds)} seeds)")
+    if study.dry_run:
+        for i, (variant, seed) in enumerate(jobs, 1):
+            cmd = ["hwm", "fit", *study.fit_args(variant, seed)]
+            print(f"[{i}/{len(jobs)}] {run_name(variant, seed)}: {shlex.join(cmd)}")
+        return 0
+    lock, stop = threading.Lock(), threading.Event()
+
+    def one(i: int, variant: dict[str, str], seed: int) -> int:
         cmd = [sys.executable, "-m", "hwm.cli", "fit", *study.fit_args(variant, seed)]
         label = f"[{i}/{len(jobs)}] {run_name(variant, seed)}"
-        if study.dry_run:
-            print(f"{label}: {' '.join(cmd[1:])}")
-            continue
-        print(f"{label}: running", flush=True)
+        if stop.is_set():
+            return 2
+        with lock:
+            print(f"{label}: running", flush=True)
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=False)
         took = time.perf_counter() - start
-        if proc.returncode == 0:
-            print(f"{label}: done in {took:.1f} s", flush=True)
-            continue
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        print(f"{label}: failed (exit {proc.returncode}) in {took:.1f} s: {tail}", flush=True)
-        if proc.returncode == 2:  # bad config: every other run would fail the same way
-            print(f"hwm study: error: stopping: {tail}", file=sys.stderr)
-            return 2
-        failed.append(run_name(variant, seed))
-    if study.dry_run:
-        return 0
+        with lock:
+            if proc.returncode == 0:
+                print(f"{label}: done in {took:.1f} s", flush=True)
+            else:
+                tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+                print(f"{label}: failed (exit {proc.returncode}) in {took:.1f} s: {tail}", flush=True)
+                failed.append(run_name(variant, seed))
+                if proc.returncode == 2:  # bad config: the study stops
+                    stop.set()
+                    print(f"hwm study: error: stopping: {tail}", file=sys.stderr)
+        return proc.returncode
+
+    if one(1, *jobs[0]) == 2:
+        return 2
+    with ThreadPoolExecutor(max_workers=study.jobs) as pool:
+        codes = list(pool.map(lambda job: one(job[0], *job[1]), enumerate(jobs[1:], 2)))
+    if 2 in codes:
+        return 2
     logger = "trainer.logger.init_args."
     experiment = study.experiment or _config_value(study.configs, logger + "experiment_name") or "hwm"
     tracking = study.tracking_uri or _config_value(study.configs, logger + "tracking_uri")
