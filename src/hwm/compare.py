@@ -264,13 +264,11 @@ def group_curve(
 def plot_curves(
     runs: Sequence[RunCurve], path: Path, *, metric: str, group_by: str, reps: int = 2000, seed: int = 0
 ) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     grid = curve_grid(runs)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
     for i, (g, rs) in enumerate(groups(runs).items()):
         color = f"C{i}"
         x, mean, lo, hi = group_curve(rs, grid, reps=reps, seed=seed)
@@ -285,17 +283,14 @@ def plot_curves(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_intervals(stats: Sequence[GroupStats], path: Path, *, metric: str, group_by: str) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.0, 0.6 + 0.45 * len(stats)))
+    fig = Figure(figsize=(5.0, 0.6 + 0.45 * len(stats)))
+    ax = fig.subplots()
     for i, s in enumerate(stats):
         lo = s.ci_low if s.ci_low is not None else s.iqm
         hi = s.ci_high if s.ci_high is not None else s.iqm
@@ -307,7 +302,6 @@ def plot_intervals(stats: Sequence[GroupStats], path: Path, *, metric: str, grou
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -170,11 +170,23 @@ def _config_value(configs: Sequence[str], key: str) -> Any:
     return found
 
 
+def _ensure_experiment(tracking_uri: str, name: str) -> bool:
+    """Creates the experiment up front (parallel runs would race to); False when that isn't possible."""
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri)
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name)
+        return True
+    except Exception:
+        return False
+
+
 def run(study: Study) -> int:
     """Runs every variant x seed; a config error stops the study, a crashed run doesn't.
 
-    With ``jobs > 1`` the first run goes alone (it creates the experiment and surfaces config errors),
-    the rest share ``jobs`` processes.
+    With ``jobs > 1`` the experiment is created first, then ``jobs`` runs go at a time.
     """
     jobs = [(v, s) for v in study.variants() for s in study.seeds]
     failed: list[str] = []
@@ -209,15 +221,19 @@ def run(study: Study) -> int:
                     print(f"hwm study: error: stopping: {tail}", file=sys.stderr)
         return proc.returncode
 
-    if one(1, *jobs[0]) == 2:
-        return 2
-    with ThreadPoolExecutor(max_workers=study.jobs) as pool:
-        codes = list(pool.map(lambda job: one(job[0], *job[1]), enumerate(jobs[1:], 2)))
-    if 2 in codes:
-        return 2
     logger = "trainer.logger.init_args."
     experiment = study.experiment or _config_value(study.configs, logger + "experiment_name") or "hwm"
     tracking = study.tracking_uri or _config_value(study.configs, logger + "tracking_uri")
+    first = 0
+    if study.jobs > 1 and not _ensure_experiment(tracking or "sqlite:///mlflow.db", experiment):
+        # Runs starting together would race to create the experiment: the first one goes alone.
+        first = 1
+        if one(1, *jobs[0]) == 2:
+            return 2
+    with ThreadPoolExecutor(max_workers=study.jobs) as pool:
+        codes = list(pool.map(lambda job: one(job[0], *job[1]), enumerate(jobs[first:], first + 1)))
+    if 2 in codes:
+        return 2
     where = f" --experiment {experiment}"
     uri = f" --tracking-uri {tracking}" if tracking else ""
     print(f"hwm study {study.study_id}: {len(jobs) - len(failed)}/{len(jobs)} runs finished")
