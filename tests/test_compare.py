@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_EXPERIMENT, cli_env
-from hwm import compare
+from hwm import cli, compare
 
 STUDY_ID = "test-study"
 MODES = ("rectified", "off")
@@ -127,17 +129,20 @@ def compared(
     out = tmp_path_factory.mktemp("compare_out")
     args = ["compare", "--experiment", TINY_EXPERIMENT, "--tracking-uri", study.uri, "--study", STUDY_ID]
     args += ["--out", str(out), "--reps", str(REPS), "--seed", str(BOOT_SEED), "--log-to-mlflow"]
-    proc = _hwm(args, study.workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, out
+    # In-process through the `hwm` entry point (a subprocess would spend seconds importing Lightning).
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(args)
+    assert code == 0, stderr.getvalue()
+    return stdout.getvalue(), out
 
 
 def test_compare_table_equals_a_recomputation_from_raw_metrics(compared, study: TinyStudy) -> None:
-    proc, out = compared
+    stdout, out = compared
     expected = _recompute(study, "eval/return")
     summary = json.loads((out / "summary.json").read_text())
     assert {g["group"] for g in summary["groups"]} == set(MODES)
-    table = proc.stdout
+    table = stdout
     for g in summary["groups"]:
         e = expected[g["group"]]
         assert g["runs"] == 2 and g["frames_min"] == g["frames_max"] == 320

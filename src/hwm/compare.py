@@ -163,9 +163,12 @@ def iqm_interval(
     def iqm(x: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(x)])
 
-    point, interval = rly.get_interval_estimates(
-        scores, iqm, reps=reps, random_state=np.random.RandomState(seed)
-    )
+    with warnings.catch_warnings():
+        # arch deprecates the random_state argument rliable passes; the result is the same.
+        warnings.simplefilter("ignore", FutureWarning)
+        point, interval = rly.get_interval_estimates(
+            scores, iqm, reps=reps, random_state=np.random.RandomState(seed)
+        )
     return (
         {k: float(v[0]) for k, v in point.items()},
         {k: (float(v[0, 0]), float(v[1, 0])) for k, v in interval.items()},
@@ -252,12 +255,14 @@ def group_curve(
     mean = ys.mean(0)
     if len(runs) == 1:
         return x, mean, mean, mean
-    _, interval = rly.get_interval_estimates(
-        {"g": ys[:, None, :]},
-        lambda s: s.mean(axis=(0, 1)),
-        reps=reps,
-        random_state=np.random.RandomState(seed),
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        _, interval = rly.get_interval_estimates(
+            {"g": ys[:, None, :]},
+            lambda s: s.mean(axis=(0, 1)),
+            reps=reps,
+            random_state=np.random.RandomState(seed),
+        )
     return x, mean, interval["g"][0], interval["g"][1]
 
 
