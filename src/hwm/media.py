@@ -69,13 +69,17 @@ def open_loop(world_model: WorldModel, obs: Tensor, action: Tensor, *, context: 
 
 
 def render_evaluation(
-    world_model: WorldModel, media: dict[str, Tensor], out_dir: Path, *, context: int = 5
+    world_model: WorldModel, media: dict[str, Tensor], out_dir: Path, *, context: int = 5, length: int = 50
 ) -> list[Path]:
-    """Writes ``eval_episode_<frames>.gif`` and ``open_loop_<frames>.gif`` for a recorded evaluation."""
+    """Writes ``eval_episode_<frames>.gif`` and ``open_loop_<frames>.gif`` for a recorded evaluation.
+
+    The open loop covers the episode's first ``length`` steps (DreamerV2's view: 5 filtered, 45 imagined).
+    """
     frames = int(media["env_frames"])
     episode = write_gif(to_hwc(media["frames"]), out_dir / f"eval_episode_{frames:09d}.gif")
     paths = [episode]
     if media["action"].shape[0] > context:
-        grid = open_loop(world_model, media["frames"][1:], media["action"], context=context)
+        obs, action = media["frames"][1 : length + 1], media["action"][:length]
+        grid = open_loop(world_model, obs, action, context=context)
         paths.append(write_gif(grid, out_dir / f"open_loop_{frames:09d}.gif", fps=8))
     return paths
