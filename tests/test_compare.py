@@ -137,6 +137,7 @@ def compared(
     return stdout.getvalue(), out
 
 
+@pytest.mark.filterwarnings("ignore:random_state is deprecated:FutureWarning")  # arch, called by rliable
 def test_compare_table_equals_a_recomputation_from_raw_metrics(compared, study: TinyStudy) -> None:
     stdout, out = compared
     expected = _recompute(study, "eval/return")
