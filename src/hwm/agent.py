@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,6 +20,7 @@ from hwm.actor_critic import ActorCritic
 from hwm.data import EnvInfo
 from hwm.distributed import average_gradients, disable_ddp_reducer, gather_fingerprints
 from hwm.harmonizer import Harmonizer, HarmonizerMode
+from hwm.media import render_evaluation
 from hwm.policy import DreamerPolicy
 from hwm.presets import Base, Size
 from hwm.timing import Stopwatch
@@ -181,6 +184,7 @@ class HarmonyDreamAgent(L.LightningModule):
         self._timed_updates += 1
 
         data_metrics = self._datamodule_metrics()
+        self._log_media()
         if self.updates % self.log_every == 0 or data_metrics:
             metrics: dict[str, Any] = {f"loss/{k}": v for k, v in losses.items()}
             metrics["loss/model_total"] = model_loss
@@ -232,6 +236,7 @@ class HarmonyDreamAgent(L.LightningModule):
         pending = self._datamodule_metrics()
         if pending:
             self._log(pending)
+        self._log_media()
         self.flush_logs()
         # The stream ends only when the frame budget is spent.
         self.trainer.should_stop = True
@@ -258,6 +263,20 @@ class HarmonyDreamAgent(L.LightningModule):
     def _datamodule_metrics(self) -> dict[str, float]:
         dm = getattr(self.trainer, "datamodule", None)
         return dm.pop_metrics() if dm is not None and hasattr(dm, "pop_metrics") else {}
+
+    def _log_media(self) -> None:
+        """Renders the evaluation episodes the data module recorded as GIF artifacts under ``media/``."""
+        dm = getattr(self.trainer, "datamodule", None)
+        recorded = dm.pop_media() if dm is not None and hasattr(dm, "pop_media") else []
+        logger = self.logger
+        if not recorded or logger is None or not self.trainer.is_global_zero:
+            return
+        if not hasattr(logger, "run_id") or not hasattr(logger.experiment, "log_artifact"):
+            return  # only MLflow-like loggers take files
+        with tempfile.TemporaryDirectory() as tmp, torch.autocast(self.device.type, enabled=False):
+            for item in recorded:
+                for path in render_evaluation(self.world_model, item, Path(tmp)):
+                    logger.experiment.log_artifact(logger.run_id, str(path), "media")
 
     def _counters(self) -> Mapping[str, float]:
         dm = getattr(self.trainer, "datamodule", None)

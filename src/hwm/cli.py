@@ -45,9 +45,10 @@ from hwm.resume import (  # noqa: E402
     resolve_ckpt_path,
     split_changes,
 )
+from hwm.run_info import source_tags  # noqa: E402
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-COMMANDS = ("fit",)
+COMMANDS = ("fit", "study", "compare")
 
 
 class ConfigError(Exception):
@@ -183,6 +184,8 @@ class HwmCLI(LightningCLI):
                 client.set_tag(run_id, "base", self.model.base)
                 client.set_tag(run_id, "task", self.datamodule.env_kwargs["task"])
                 client.set_tag(run_id, "suite", self.datamodule.env_kwargs["suite"])
+                for key, value in source_tags(self.config.get("seed_everything")).items():
+                    client.set_tag(run_id, key, value)
             else:
                 existing = client.get_run(run_id).data.params
                 logger.log_hyperparams({k: v for k, v in flat.items() if k not in existing})
@@ -381,12 +384,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: hwm fit --config FILE [--config FILE ...] [--section.key VALUE ...]\n")
-        print("commands:\n  fit    train a HarmonyDream agent (hwm fit --help lists every option)")
+        print(
+            "commands:\n  fit      train a HarmonyDream agent (hwm fit --help lists every option)\n"
+            "  study    seeds x variants of hwm fit under one MLflow experiment (hwm study --help)\n"
+            "  compare  compare an experiment's runs by group: table, IQM with CIs, plots (hwm compare --help)"
+        )
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"hwm: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if command == "study":
+        from hwm.study import main as study_main
+
+        return study_main(rest)
+    if command == "compare":
+        from hwm.compare import main as compare_main
+
+        return compare_main(rest)
     try:
         # Nothing Lightning says while building should precede a one-line error.
         with _held_logs(_SEED_LOG, _RANK_ZERO_LOG):

@@ -64,6 +64,8 @@ class ReplayDataModule(L.LightningDataModule):
         eval_every: env frames between evaluation runs (0: only at the end).
         eval_episodes: episodes per evaluation (actor's mode, no exploration).
         fast_render: MuJoCo offscreen quality knobs that keep the picture but render 3-4x faster.
+        video_every: env frames between evaluations whose first episode is recorded (pixels only; the
+            agent logs it and an open-loop imagination video as GIF artifacts); 0: no videos.
         seed: seeds the training env; each evaluation env uses ``seed + 1000 + episodes so far``.
         env_options: the suite's own options, e.g. ``{sticky: 0.25, noops: 30}`` (Atari), ``{distractor:
             shapes, strength: 1.0}`` (distracted DMC), ``{shadows: false}`` (MuJoCo suites).
@@ -87,6 +89,7 @@ class ReplayDataModule(L.LightningDataModule):
         eval_every: int = 10_000,
         eval_episodes: int = 5,
         fast_render: bool = True,
+        video_every: int = 0,
         seed: int = 0,
         env_options: dict[str, Any] | None = None,
     ) -> None:
@@ -105,8 +108,10 @@ class ReplayDataModule(L.LightningDataModule):
             raise ValueError(
                 f"data.image_size must be 64 for pixels (the DreamerV2 CNN's input); got {image_size}"
             )
-        if prefill_frames < 0 or eval_every < 0 or eval_episodes < 0:
-            raise ValueError("data.prefill_frames, data.eval_every and data.eval_episodes must be >= 0")
+        if prefill_frames < 0 or eval_every < 0 or eval_episodes < 0 or video_every < 0:
+            raise ValueError(
+                "data.prefill_frames, data.eval_every, data.eval_episodes and data.video_every must be >= 0"
+            )
         self.env_kwargs: dict[str, Any] = dict(
             suite=suite,
             options=dict(env_options or {}),
@@ -158,6 +163,10 @@ class ReplayDataModule(L.LightningDataModule):
         self._episode_steps = 0
         self._resume_rng: dict[str, Any] | None = None
         self._next_eval = eval_every if eval_every else math.inf
+        # Videos are of pixels; state-vector runs record none.
+        self.video_every = video_every if from_pixels else 0
+        self._next_video = float(self.video_every) if self.video_every else math.inf
+        self._media: list[dict[str, Any]] = []
         self._last_eval_frames = -1.0
         self._policy: DreamerPolicy | None = None
         self._eval_env: EnvBase | None = None
@@ -319,12 +328,15 @@ class ReplayDataModule(L.LightningDataModule):
             self._eval_env.set_seed(seed)
         max_steps = self.env_kwargs["time_limit"] // self.action_repeat
         returns, successes = [], []
+        record = self.counters["env_frames"] >= self._next_video
         with set_exploration_type(ExplorationType.DETERMINISTIC):
-            for _ in range(self.eval_episodes):
+            for i in range(self.eval_episodes):
                 rollout = self._eval_env.rollout(max_steps, self._policy, break_when_any_done=True)
                 returns.append(float(rollout.get(("next", "reward")).sum()))
                 if self.has_success:
                     successes.append(float(rollout.get(("next", SUCCESS_KEY))[-1].max()))
+                if record and i == 0:
+                    self._record(rollout)
         self._last_eval_frames = self.counters["env_frames"]
         self.counters["evaluations"] += 1
         mean = sum(returns) / len(returns)
@@ -341,6 +353,20 @@ class ReplayDataModule(L.LightningDataModule):
         assert self.score_range is not None
         random, human = self.score_range
         return (score - random) / (human - random)
+
+    def _record(self, rollout: TensorDictBase) -> None:
+        """Keeps an evaluation episode (frames o_0..o_T, actions a_0..a_{T-1}) for the agent to log."""
+        while self._next_video <= self.counters["env_frames"]:
+            self._next_video += self.video_every
+        first = rollout.get(self.obs_key)[:1]
+        frames = torch.cat([first, rollout.get(("next", self.obs_key))]).to(torch.uint8).cpu()
+        action = rollout.get("action").float().cpu()
+        self._media.append({"frames": frames, "action": action, "env_frames": self.counters["env_frames"]})
+
+    def pop_media(self) -> list[dict[str, Any]]:
+        """Recorded evaluation episodes since the last call (the agent renders and logs them)."""
+        out, self._media = self._media, []
+        return out
 
     def pop_metrics(self) -> dict[str, float]:
         """Metrics gathered since the last call (the agent logs them: only it logs)."""
@@ -371,6 +397,7 @@ class ReplayDataModule(L.LightningDataModule):
             "counters": dict(self.counters),
             "eval_every": self.eval_every,
             "next_eval": self._next_eval,
+            "next_video": self._next_video,
             "last_eval_frames": self._last_eval_frames,
             "in_flight_steps": self._episode_steps,
             "collector": {k: collector[k] for k in ("frames", "iter", "traj_pool")},
@@ -405,6 +432,8 @@ class ReplayDataModule(L.LightningDataModule):
         self.archive.restore(self.replay_dir, state["replay"]["chunks"], state["replay"]["write_count"])
         self.counters.update(state["counters"])
         self._last_eval_frames = state["last_eval_frames"]
+        if self.video_every and "next_video" in state:
+            self._next_video = state["next_video"]
         if state["eval_every"] == self.eval_every:
             self._next_eval = state["next_eval"]
         else:  # a new evaluation interval given on resume counts from the start of the run

@@ -20,6 +20,7 @@ SAFE_KEYS = (
     "data.total_frames",
     "data.eval_every",
     "data.eval_episodes",
+    "data.video_every",
     "data.fast_render",
     "model.log_every",
     "checkpoint.",
