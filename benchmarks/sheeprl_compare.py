@@ -72,6 +72,16 @@ SHEEPRL_VERSION = "0.8.4"
 TORCH_VERSION = "2.13.0"
 MUJOCO_VERSION = "3.17.0"
 BATCH, SEQ, ACTION_REPEAT = 16, 64, 2
+MEDIAN_KEYS = (
+    "s_per_update",
+    "updates_per_s",
+    "update_s",
+    "env_frames_per_s",
+    "prefill_env_frames_per_s",
+    "peak_rss_mb",
+    "wall_s",
+    "cpu_s",
+)
 UPDATES_PER_STEP = 0.5  # SheepRL replay_ratio; hwm train_ratio = 0.5 * 16 * 64 = 512
 
 # Runs inside the SheepRL venv: argv[1] is the JSON file to write, the rest are hydra overrides.
@@ -227,7 +237,7 @@ def sheeprl_overrides(prefill_steps: int, updates: int, warmup: int, threads: in
     ]
 
 
-def hwm_overrides(prefill_steps: int, seed: int) -> list[str]:
+def hwm_overrides(prefill_steps: int, seed: int, render: str = "fast") -> list[str]:
     return [
         "--config",
         "conf/dmc_cheetah_v3.yaml",
@@ -255,6 +265,8 @@ def hwm_overrides(prefill_steps: int, seed: int) -> list[str]:
         str(prefill_steps * ACTION_REPEAT),
         "--data.capacity",
         "100000",
+        "--data.fast_render",
+        str(render == "fast").lower(),
     ]
 
 
@@ -291,7 +303,7 @@ def summarize_sheeprl(rec: dict[str, Any], warmup: int) -> dict[str, Any]:
     }
 
 
-def run_sheeprl(python: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str = "") -> dict[str, Any]:
     launcher = work / "sheeprl_launcher.py"
     launcher.write_text(LAUNCHER)
     raw = work / "sheeprl_records.json"
@@ -303,7 +315,7 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path) -> dict[str,
     if rc != 0 or not raw.exists():
         sys.exit(f"sheeprl_compare: error: SheepRL exited with {rc}; see {log}:\n{log.read_text()[-3000:]}")
     rec = json.loads(raw.read_text())
-    (args.out / "sheeprl_records.json").write_text(json.dumps(rec))
+    (args.out / f"sheeprl_records{suffix}.json").write_text(json.dumps(rec))
     return {
         "system": "sheeprl",
         "version": SHEEPRL_VERSION,
@@ -315,7 +327,7 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path) -> dict[str,
 
 
 def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    overrides = hwm_overrides(args.prefill_steps, args.seed)
+    overrides = hwm_overrides(args.prefill_steps, args.seed, args.hwm_render)
     env = child_env(
         args.threads, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     )
@@ -358,7 +370,7 @@ def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "split_ms": split,
         **usage,
         "command": ["python", "benchmarks/throughput.py", *cmd[2:]],
-        "rendering": "once per agent step, fast_render offscreen settings",
+        "rendering": f"once per agent step, {args.hwm_render} offscreen settings",
     }
 
 
@@ -401,6 +413,16 @@ def table(rows: list[dict[str, Any]], ratio: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's repeats folded into one row: the median of each figure (pure: unit-tested)."""
+    row = {**runs[-1], "repeats": len(runs)}
+    for key in MEDIAN_KEYS:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        row[key] = statistics.median(values) if values else None
+    row["per_repeat"] = {key: [r.get(key) for r in runs] for key in MEDIAN_KEYS}
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -410,36 +432,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="updates before measuring")
     parser.add_argument("--prefill-steps", type=int, default=256, help="random-action agent steps first")
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of both systems")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="SheepRL/hwm pairs, alternating; medians reported"
+    )
+    parser.add_argument(
+        "--hwm-render", choices=["fast", "default"], default="fast", help="hwm's data.fast_render"
+    )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--only", choices=["sheeprl", "hwm"], help="run one system (no ratios)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sheeprl")
     args = parser.parse_args(argv)
-    if args.warmup < 1 or args.updates < 2:
-        parser.error("--warmup must be >= 1 and --updates >= 2")
+    if args.warmup < 1 or args.updates < 2 or args.repeats < 1:
+        parser.error("--warmup and --repeats must be >= 1 and --updates >= 2")
     if args.prefill_steps < SEQ:
         parser.error(f"--prefill-steps must be >= the sequence length {SEQ}")
     args.out.mkdir(parents=True, exist_ok=True)
     python = ensure_venv(args.venv) if args.only != "hwm" else None
-    rows: list[dict[str, Any]] = []
     stamp = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
     }
-    stamp["cpus"] = os.cpu_count()
+    runs: dict[str, list[dict[str, Any]]] = {"sheeprl": [], "hwm": []}
+    lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hwm-sheeprl-") as tmp:
         work = Path(tmp)
         # One after the other, never concurrently: they share the cores.
-        if args.only != "hwm":
-            assert python is not None
-            rows.append({**run_sheeprl(python, args, work), **stamp})
-            print(json.dumps(rows[-1]), flush=True)
-        if args.only != "sheeprl":
-            rows.append({**run_hwm(args, work), **stamp})
-            print(json.dumps(rows[-1]), flush=True)
-    lines = [json.dumps(r) for r in rows]
+        for repeat in range(args.repeats):
+            for system in ("sheeprl", "hwm"):
+                if args.only not in (None, system):
+                    continue
+                if system == "sheeprl":
+                    assert python is not None
+                    row = run_sheeprl(python, args, work, suffix=f"_{repeat}")
+                else:
+                    row = run_hwm(args, work)
+                runs[system].append({**row, "repeat": repeat, **stamp})
+                lines.append(json.dumps(runs[system][-1]))
+                print(lines[-1], flush=True)
+    rows = [median_row(r) for r in runs.values() if r]
+    if args.repeats > 1:
+        lines += [json.dumps({**row, "system": f"{row['system']} (median)"}) for row in rows]
     if len(rows) == 2:
         sheeprl, hwm = rows
-        ratio = {**ratios(hwm, sheeprl), **stamp}
+        ratio = {**ratios(hwm, sheeprl), "repeats": args.repeats, **stamp}
         print(json.dumps(ratio))
         lines.append(json.dumps(ratio))
         print(table([sheeprl, hwm], ratio))
@@ -447,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"parameter counts differ: SheepRL {sheeprl['params']:,} vs hwm {hwm['params']:,} (trainable)"
             )
-    (args.out / "results.jsonl").write_text("\n".join(lines) + "\n")
+    name = "results.jsonl" if args.only is None else f"results_{args.only}_{args.hwm_render}.jsonl"
+    (args.out / name).write_text("\n".join(lines) + "\n")
     return 0
 
 

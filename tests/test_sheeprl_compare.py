@@ -66,3 +66,15 @@ def test_ratios_and_goals() -> None:
     assert r["peak_rss"] == pytest.approx(0.5)
     assert (r["goal_update_rate_2x"], r["goal_env_frames_5x"]) == (True, False)
     assert "hwm/SheepRL" in compare.table([{**sheeprl, "system": "sheeprl"}, {**hwm, "system": "hwm"}], r)
+
+
+def test_median_row_folds_repeats() -> None:
+    runs = [
+        {"system": "hwm", "s_per_update": 3.0, "env_frames_per_s": 100.0, "prefill_env_frames_per_s": None},
+        {"system": "hwm", "s_per_update": 9.0, "env_frames_per_s": 50.0, "prefill_env_frames_per_s": None},
+        {"system": "hwm", "s_per_update": 4.0, "env_frames_per_s": 80.0, "prefill_env_frames_per_s": None},
+    ]
+    row = compare.median_row(runs)
+    assert (row["s_per_update"], row["env_frames_per_s"], row["repeats"]) == (4.0, 80.0, 3)
+    assert row["prefill_env_frames_per_s"] is None
+    assert row["per_repeat"]["s_per_update"] == [3.0, 9.0, 4.0]
