@@ -82,6 +82,7 @@ MEDIAN_KEYS = (
     "wall_s",
     "cpu_s",
 )
+IDLE_WAIT_S = 180.0  # at most this long for a quiet machine before each run (see wait_for_idle)
 UPDATES_PER_STEP = 0.5  # SheepRL replay_ratio; hwm train_ratio = 0.5 * 16 * 64 = 512
 
 # Runs inside the SheepRL venv: argv[1] is the JSON file to write, the rest are hydra overrides.
@@ -151,17 +152,47 @@ def run_logged(
     """Runs cmd with its output in log; returns its exit code and what the machine saw of it: wall time,
     peak RSS, CPU seconds (user + system) and the 1-minute load average before and after (other users'
     work on a shared machine shows up there, and as wall time well above CPU time / threads)."""
+    waited = wait_for_idle(IDLE_WAIT_S)
     load_before = os.getloadavg()[0]
+    busy_before = machine_busy_s()
     start = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    cpu = usage.ru_utime + usage.ru_stime
+    others = machine_busy_s() - busy_before - cpu
     return os.waitstatus_to_exitcode(status), {
         "peak_rss_mb": usage.ru_maxrss / 1024,
-        "wall_s": time.perf_counter() - start,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        # CPU seconds other processes took while this one ran, as a share of all the cores' time: the
+        # contention on a shared machine (0 = alone)
+        "others_cpu_share": max(others, 0.0) / (wall * (os.cpu_count() or 1)),
         "load_1min": [load_before, os.getloadavg()[0]],
+        "idle_wait_s": waited,
     }
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all processes have been busy since boot, summed over cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_idle(max_wait: float, busy_below: float = 0.25, sample: float = 5.0) -> float:
+    """Waits (at most max_wait seconds) until other processes keep less than busy_below of the cores busy,
+    so that a run starts on a quiet machine when there is one; returns the seconds waited."""
+    start = time.perf_counter()
+    while True:
+        before = machine_busy_s()
+        time.sleep(sample)
+        share = (machine_busy_s() - before) / (sample * (os.cpu_count() or 1))
+        waited = time.perf_counter() - start
+        if share < busy_below or waited >= max_wait:
+            return waited
 
 
 def venv_ok(python: Path) -> bool:
