@@ -1,0 +1,523 @@
+"""Side-by-side speed benchmark: hwm against SheepRL 0.8.4 (DreamerV3-XS, DMC walker-walk from 64x64 pixels).
+
+    python benchmarks/sheeprl_compare.py [--updates 20] [--warmup 3] [--prefill-steps 256] [--threads 2]
+                                         [--venv ~/.cache/hwm-bench/sheeprl-venv] [--out benchmarks/results/sheeprl]
+
+Both systems run on this machine in one invocation, one after the other (never concurrently), each in its own
+process with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` and ``torch.set_num_threads`` set to ``--threads``, with
+the same base (DreamerV3), model size (XS: GRU 256, CNN depth 24, MLPs 1 x 256, 32 x 32 latents), batch x
+sequence length (16 x 64), env (DMC walker-walk, 64x64 pixels, action repeat 2, one env), replay/train ratio
+(0.5 updates per agent step: SheepRL ``algo.replay_ratio=0.5`` = hwm ``data.train_ratio=512`` with 16 x 64),
+float32 on CPU, and a short prefill of random actions (``--prefill-steps`` agent steps) before
+``--warmup + --updates`` gradient updates. The first ``--warmup`` updates are not measured.
+
+SheepRL is not a project dependency: it lives in its own virtual environment (``--venv``), created on first use
+with PyPI packages only: ``torch==2.13.0`` first (so that sheeprl's ``torch>=2.6`` does not pull another
+torch), then ``sheeprl[dmc]==0.8.4``, then ``mujoco==3.17.0``: sheeprl's resolver picks mujoco 4.0.0 (with
+dm_control 1.0.50), under which dm_control's suite fails to load (``'MjModel' object has no attribute
+'flex_vertedge'``); 3.17.0, the newest 3.x on PyPI, works with that dm_control.
+
+How each side is measured
+- SheepRL is driven through its own hydra CLI (``sheeprl.cli.run`` with ``exp=dreamer_v3_dmc_walker_walk
+  algo=dreamer_v3_XS ...`` overrides; see ``sheeprl_overrides``), inside a small launcher run by the venv's
+  Python that wraps, before the run starts, three names of SheepRL's DreamerV3 module without changing what
+  they do: ``train`` (one gradient update: world model, imagination, actor and critic) is timed call by call;
+  its own phase timer (``sheeprl.utils.timer.timer``, which times ``Time/env_interaction_time`` once per
+  iteration: policy forward, replay insertion and the env step with its action repeat) records each phase
+  instead of only their sum; ``build_agent`` reports the parameter counts. Tensorboard logging is left on but
+  flushes once (``metric.log_every`` past the end); video, checkpoints, the test episode and the model
+  manager are off; the replay buffer is in memory (``buffer.memmap=False``).
+- hwm is measured by ``benchmarks/throughput.py`` (same config machinery as ``hwm fit``; MLflow, checkpoints,
+  evaluation and the progress bar off) with ``conf/dmc_cheetah_v3.yaml`` and the overrides in
+  ``hwm_overrides``; parameter counts come from building the same agent in a separate process.
+
+Reported per system (one JSON line each, then one with the ratios hwm / SheepRL, and a table):
+- ``s_per_update``: median wall time from the end of one measured update to the end of the next: the
+  update plus whatever runs between two updates (collection of two agent steps, replay sampling, logging).
+  This is ``throughput.py``'s own definition; SheepRL's is computed the same way from the ``train`` end times.
+- ``update_s``: the update alone. SheepRL: median of its ``train`` call durations. hwm: the mean of its
+  ``world_model`` + ``actor_critic`` timer sections (``split_ms``; throughput.py reports means there).
+- ``env_frames_per_s``: env frames (agent steps x action repeat) per second of collection time, acting
+  policy included, over the measured part (after the warm-up updates); ``prefill_env_frames_per_s`` (SheepRL
+  only) is the same with random actions during the prefill.
+- ``peak_rss_mb``: the peak resident set size of the system's process (``os.wait4`` rusage of the child).
+- ``params`` (trainable: world model, actor, critic) and ``params_total`` (with SheepRL's target critic /
+  hwm's slow critic and any other non-trained parameters).
+
+Rendering differs by design and is part of what is compared: SheepRL's DMC wrapper renders a frame on every
+physics step it takes, so with action repeat 2 it renders twice per agent step at MuJoCo's default quality;
+hwm renders once per agent step with its ``fast_render`` offscreen settings (the default of ``data``).
+This benchmark never runs in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VENV = Path.home() / ".cache" / "hwm-bench" / "sheeprl-venv"
+SHEEPRL_VERSION = "0.8.4"
+TORCH_VERSION = "2.13.0"
+MUJOCO_VERSION = "3.17.0"
+BATCH, SEQ, ACTION_REPEAT = 16, 64, 2
+MEDIAN_KEYS = (
+    "s_per_update",
+    "updates_per_s",
+    "update_s",
+    "env_frames_per_s",
+    "prefill_env_frames_per_s",
+    "peak_rss_mb",
+    "wall_s",
+    "cpu_s",
+)
+IDLE_WAIT_S = 180.0  # at most this long for a quiet machine before each run (see wait_for_idle)
+UPDATES_PER_STEP = 0.5  # SheepRL replay_ratio; hwm train_ratio = 0.5 * 16 * 64 = 512
+
+# Runs inside the SheepRL venv: argv[1] is the JSON file to write, the rest are hydra overrides.
+LAUNCHER = textwrap.dedent(
+    """
+    import atexit, json, os, sys, time
+    import torch
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    import sheeprl.algos.dreamer_v3.dreamer_v3 as dv3
+    from sheeprl.utils.timer import timer
+
+    out, overrides = sys.argv[1], sys.argv[2:]
+    rec = {"train": [], "phases": [], "params": {}, "threads": None}
+
+    original_train = dv3.train
+    def train(*args, **kwargs):
+        start = time.perf_counter()
+        result = original_train(*args, **kwargs)
+        rec["train"].append([start, time.perf_counter()])
+        rec["threads"] = torch.get_num_threads()
+        return result
+    dv3.train = train
+
+    original_build = dv3.build_agent
+    def build_agent(*args, **kwargs):
+        world_model, actor, critic, target_critic, player = original_build(*args, **kwargs)
+        for name, module in [("world_model", world_model), ("actor", actor), ("critic", critic),
+                             ("target_critic", target_critic)]:
+            rec["params"][name] = sum(p.numel() for p in module.parameters())
+        return world_model, actor, critic, target_critic, player
+    dv3.build_agent = build_agent
+
+    original_stop = timer.stop
+    def stop(self):
+        elapsed = original_stop(self)
+        rec["phases"].append([self.name, time.perf_counter(), elapsed])
+        return elapsed
+    timer.stop = stop
+
+    def dump():
+        with open(out, "w") as f:
+            json.dump(rec, f)
+    atexit.register(dump)
+
+    from sheeprl.cli import run
+    sys.argv = ["sheeprl", *overrides]
+    run()
+    """
+)
+
+# Prints the agent's parameter counts for the hwm config given as argv (built as `hwm fit` builds it).
+HWM_PARAMS = textwrap.dedent(
+    """
+    import json, sys
+    from hwm.cli import build_cli
+    agent = build_cli([*sys.argv[1:], "--trainer.logger", "false"]).model
+    params = list(agent.parameters())
+    print(json.dumps({"params": sum(p.numel() for p in params if p.requires_grad),
+                      "params_total": sum(p.numel() for p in params)}))
+    """
+)
+
+
+def run_logged(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Runs cmd with its output in log; returns its exit code and what the machine saw of it: wall time,
+    peak RSS, CPU seconds (user + system) and the 1-minute load average before and after (other users'
+    work on a shared machine shows up there, and as wall time well above CPU time / threads)."""
+    waited = wait_for_idle(IDLE_WAIT_S)
+    load_before = os.getloadavg()[0]
+    busy_before = machine_busy_s()
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    cpu = usage.ru_utime + usage.ru_stime
+    others = machine_busy_s() - busy_before - cpu
+    return os.waitstatus_to_exitcode(status), {
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        # CPU seconds other processes took while this one ran, as a share of all the cores' time: the
+        # contention on a shared machine (0 = alone)
+        "others_cpu_share": max(others, 0.0) / (wall * (os.cpu_count() or 1)),
+        "load_1min": [load_before, os.getloadavg()[0]],
+        "idle_wait_s": waited,
+    }
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all processes have been busy since boot, summed over cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_idle(max_wait: float, busy_below: float = 0.25, sample: float = 5.0) -> float:
+    """Waits (at most max_wait seconds) until other processes keep less than busy_below of the cores busy,
+    so that a run starts on a quiet machine when there is one; returns the seconds waited."""
+    start = time.perf_counter()
+    while True:
+        before = machine_busy_s()
+        time.sleep(sample)
+        share = (machine_busy_s() - before) / (sample * (os.cpu_count() or 1))
+        waited = time.perf_counter() - start
+        if share < busy_below or waited >= max_wait:
+            return waited
+
+
+def venv_ok(python: Path) -> bool:
+    check = (
+        "import mujoco, sheeprl, torch; from dm_control import suite; "
+        "suite.load('walker', 'walk').physics.render(64, 64, camera_id=0); "
+        f"assert sheeprl.__version__ == '{SHEEPRL_VERSION}', sheeprl.__version__; "
+        f"assert torch.__version__.split('+')[0] == '{TORCH_VERSION}', torch.__version__; "
+        f"assert mujoco.__version__ == '{MUJOCO_VERSION}', mujoco.__version__"
+    )
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    return (
+        python.exists()
+        and subprocess.run([python, "-c", check], env=env, capture_output=True).returncode == 0
+    )
+
+
+def ensure_venv(venv: Path) -> Path:
+    """Creates the SheepRL venv if missing or incomplete (PyPI only); returns its Python."""
+    python = venv / "bin" / "python"
+    if venv_ok(python):
+        return python
+    print(f"creating the SheepRL venv in {venv} (a few minutes)", file=sys.stderr)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    pip = [python, "-m", "pip", "install", "--quiet"]
+    # torch first: pinned so that sheeprl's `torch>=2.6` is already met and pip does not pull another build.
+    subprocess.run([*pip, f"torch=={TORCH_VERSION}"], check=True)
+    subprocess.run([*pip, f"sheeprl[dmc]=={SHEEPRL_VERSION}"], check=True)
+    # sheeprl's resolver picks mujoco 4, under which dm_control's suite no longer loads: pin 3.x back.
+    subprocess.run([*pip, f"mujoco=={MUJOCO_VERSION}"], check=True)
+    if not venv_ok(python):
+        sys.exit(
+            f"sheeprl_compare: error: the venv in {venv} does not import sheeprl/dm_control/mujoco as pinned"
+        )
+    return python
+
+
+def child_env(threads: int, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **extra}
+    env.setdefault("MUJOCO_GL", "egl")
+    return env
+
+
+def sheeprl_overrides(prefill_steps: int, updates: int, warmup: int, threads: int, seed: int) -> list[str]:
+    total_steps = prefill_steps + int((warmup + updates) / UPDATES_PER_STEP) + 4
+    return [
+        "exp=dreamer_v3_dmc_walker_walk",
+        "algo=dreamer_v3_XS",
+        f"seed={seed}",
+        f"num_threads={threads}",
+        "fabric.accelerator=cpu",
+        "fabric.devices=1",
+        "fabric.precision=32-true",
+        "env.num_envs=1",
+        "env.sync_env=True",
+        "env.capture_video=False",
+        f"env.action_repeat={ACTION_REPEAT}",
+        "env.screen_size=64",
+        f"algo.per_rank_batch_size={BATCH}",
+        f"algo.per_rank_sequence_length={SEQ}",
+        f"algo.replay_ratio={UPDATES_PER_STEP}",
+        f"algo.learning_starts={prefill_steps}",
+        f"algo.total_steps={total_steps}",
+        "algo.run_test=False",
+        f"buffer.size={total_steps + 100}",
+        "buffer.memmap=False",
+        "buffer.checkpoint=False",
+        "checkpoint.every=0",
+        "checkpoint.save_last=False",
+        f"metric.log_every={10 * total_steps}",
+        "model_manager.disabled=True",
+    ]
+
+
+def hwm_overrides(prefill_steps: int, seed: int, render: str = "fast") -> list[str]:
+    return [
+        "--config",
+        "conf/dmc_cheetah_v3.yaml",
+        "--seed_everything",
+        str(seed),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.precision",
+        "32-true",
+        "--model.size",
+        "XS",
+        "--data.task",
+        "walker-walk",
+        "--data.action_repeat",
+        str(ACTION_REPEAT),
+        "--data.image_size",
+        "64",
+        "--data.batch_size",
+        str(BATCH),
+        "--data.seq_len",
+        str(SEQ),
+        "--data.train_ratio",
+        str(int(UPDATES_PER_STEP * BATCH * SEQ)),
+        "--data.prefill_frames",
+        str(prefill_steps * ACTION_REPEAT),
+        "--data.capacity",
+        "100000",
+        "--data.fast_render",
+        str(render == "fast").lower(),
+    ]
+
+
+def summarize_sheeprl(rec: dict[str, Any], warmup: int) -> dict[str, Any]:
+    """Turns the launcher's raw records into the reported figures (pure: unit-tested)."""
+    train = rec["train"]
+    if warmup < 1 or len(train) < warmup + 2:
+        raise ValueError(
+            f"SheepRL ran {len(train)} updates, fewer than the {warmup + 2} needed (warmup >= 1)"
+        )
+    measured = train[warmup:]
+    durations = [end - start for start, end in measured]
+    ends = [end for _, end in train]
+    # As throughput.py: each measured update's wall time runs from the end of the update before it.
+    measured_from = ends[warmup - 1]
+    gaps = [b - a for a, b in itertools.pairwise(ends[warmup - 1 :])]
+    env_phases = [(t, e) for name, t, e in rec["phases"] if name == "Time/env_interaction_time"]
+    first_train = train[0][0]
+    prefill = [e for t, e in env_phases if t <= first_train]
+    acting = [e for t, e in env_phases if t > measured_from]
+    params = rec["params"]
+    trainable = sum(params.get(k, 0) for k in ("world_model", "actor", "critic"))
+    return {
+        "updates": len(measured),
+        "s_per_update": statistics.median(gaps),
+        "updates_per_s": len(gaps) / (ends[-1] - measured_from),
+        "update_s": statistics.median(durations),
+        "env_frames_per_s": ACTION_REPEAT * len(acting) / sum(acting) if acting else None,
+        "prefill_env_frames_per_s": ACTION_REPEAT * len(prefill) / sum(prefill) if prefill else None,
+        "params": trainable,
+        "params_total": trainable + params.get("target_critic", 0),
+        "params_by_module": params,
+        "threads": rec["threads"],
+    }
+
+
+def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str = "") -> dict[str, Any]:
+    launcher = work / "sheeprl_launcher.py"
+    launcher.write_text(LAUNCHER)
+    raw = work / "sheeprl_records.json"
+    overrides = sheeprl_overrides(args.prefill_steps, args.updates, args.warmup, args.threads, args.seed)
+    log = work / "sheeprl.log"
+    rc, usage = run_logged(
+        [str(python), str(launcher), str(raw), *overrides], log, child_env(args.threads), work
+    )
+    if rc != 0 or not raw.exists():
+        sys.exit(f"sheeprl_compare: error: SheepRL exited with {rc}; see {log}:\n{log.read_text()[-3000:]}")
+    rec = json.loads(raw.read_text())
+    (args.out / f"sheeprl_records{suffix}.json").write_text(json.dumps(rec))
+    return {
+        "system": "sheeprl",
+        "version": SHEEPRL_VERSION,
+        **summarize_sheeprl(rec, args.warmup),
+        **usage,
+        "command": ["sheeprl", *overrides],
+        "rendering": "every physics step (2 per agent step), MuJoCo default offscreen settings",
+    }
+
+
+def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    overrides = hwm_overrides(args.prefill_steps, args.seed, args.hwm_render)
+    env = child_env(
+        args.threads, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    )
+    counts = subprocess.run(
+        [sys.executable, "-c", HWM_PARAMS, *overrides], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    if counts.returncode != 0:
+        sys.exit(f"sheeprl_compare: error: building the hwm agent failed:\n{counts.stderr[-3000:]}")
+    params = json.loads(counts.stdout.strip().splitlines()[-1])
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "throughput.py"),
+        *overrides,
+        "--updates",
+        str(args.updates),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+    ]
+    log = work / "hwm.log"
+    rc, usage = run_logged(cmd, log, env, ROOT)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    if rc != 0 or not lines:
+        sys.exit(
+            f"sheeprl_compare: error: throughput.py exited with {rc}; see {log}:\n{log.read_text()[-3000:]}"
+        )
+    result = json.loads(lines[-1])
+    split = result.get("split_ms", {})
+    return {
+        "system": "hwm",
+        "updates": result["updates"],
+        "s_per_update": result["s_per_update"],
+        "updates_per_s": result["updates_per_s"],
+        "update_s": (split.get("world_model", 0.0) + split.get("actor_critic", 0.0)) / 1000,
+        "env_frames_per_s": result["env_frames_per_s"],
+        "prefill_env_frames_per_s": None,
+        **params,
+        "threads": result["threads"],
+        "split_ms": split,
+        **usage,
+        "command": ["python", "benchmarks/throughput.py", *cmd[2:]],
+        "rendering": f"once per agent step, {args.hwm_render} offscreen settings",
+    }
+
+
+def ratios(hwm: dict[str, Any], sheeprl: dict[str, Any]) -> dict[str, Any]:
+    """hwm / SheepRL for rates (higher is better for hwm), SheepRL / hwm for times."""
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    return {
+        "system": "ratio hwm/sheeprl",
+        "update_rate": div(sheeprl["s_per_update"], hwm["s_per_update"]),
+        "update_rate_update_only": div(sheeprl["update_s"], hwm["update_s"]),
+        "env_frames_per_s": div(hwm["env_frames_per_s"], sheeprl["env_frames_per_s"]),
+        "peak_rss": div(hwm["peak_rss_mb"], sheeprl["peak_rss_mb"]),
+        "params": div(hwm["params"], sheeprl["params"]),
+        "goal_update_rate_2x": bool((div(sheeprl["s_per_update"], hwm["s_per_update"]) or 0) >= 2),
+        "goal_env_frames_5x": bool((div(hwm["env_frames_per_s"], sheeprl["env_frames_per_s"]) or 0) >= 5),
+    }
+
+
+def table(rows: list[dict[str, Any]], ratio: dict[str, Any]) -> str:
+    def fmt(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "| system | s/update (wall) | update only (s) | env frames/s | peak RSS (MB) | params |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {fmt(r['s_per_update'], '.3f')} | {fmt(r['update_s'], '.3f')} | "
+            f"{fmt(r['env_frames_per_s'], '.1f')} | {fmt(r['peak_rss_mb'], '.0f')} | {r['params'] / 1e6:.2f}M |"
+        )
+    lines.append(
+        f"| hwm/SheepRL | {fmt(ratio['update_rate'], '.2f')}x rate | {fmt(ratio['update_rate_update_only'], '.2f')}x"
+        f" rate | {fmt(ratio['env_frames_per_s'], '.2f')}x | {fmt(ratio['peak_rss'], '.2f')}x | "
+        f"{fmt(ratio['params'], '.2f')}x |"
+    )
+    return "\n".join(lines)
+
+
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's repeats folded into one row: the median of each figure (pure: unit-tested)."""
+    row = {**runs[-1], "repeats": len(runs)}
+    for key in MEDIAN_KEYS:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        row[key] = statistics.median(values) if values else None
+    row["per_repeat"] = {key: [r.get(key) for r in runs] for key in MEDIAN_KEYS}
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="SheepRL's virtual environment")
+    parser.add_argument("--updates", type=int, default=20, help="measured gradient updates per system")
+    parser.add_argument("--warmup", type=int, default=3, help="updates before measuring")
+    parser.add_argument("--prefill-steps", type=int, default=256, help="random-action agent steps first")
+    parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of both systems")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="SheepRL/hwm pairs, alternating; medians reported"
+    )
+    parser.add_argument(
+        "--hwm-render", choices=["fast", "default"], default="fast", help="hwm's data.fast_render"
+    )
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--only", choices=["sheeprl", "hwm"], help="run one system (no ratios)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sheeprl")
+    args = parser.parse_args(argv)
+    if args.warmup < 1 or args.updates < 2 or args.repeats < 1:
+        parser.error("--warmup and --repeats must be >= 1 and --updates >= 2")
+    if args.prefill_steps < SEQ:
+        parser.error(f"--prefill-steps must be >= the sequence length {SEQ}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    python = ensure_venv(args.venv) if args.only != "hwm" else None
+    stamp = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {"sheeprl": [], "hwm": []}
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="hwm-sheeprl-") as tmp:
+        work = Path(tmp)
+        # One after the other, never concurrently: they share the cores.
+        for repeat in range(args.repeats):
+            for system in ("sheeprl", "hwm"):
+                if args.only not in (None, system):
+                    continue
+                if system == "sheeprl":
+                    assert python is not None
+                    row = run_sheeprl(python, args, work, suffix=f"_{repeat}")
+                else:
+                    row = run_hwm(args, work)
+                runs[system].append({**row, "repeat": repeat, **stamp})
+                lines.append(json.dumps(runs[system][-1]))
+                print(lines[-1], flush=True)
+    rows = [median_row(r) for r in runs.values() if r]
+    if args.repeats > 1:
+        lines += [json.dumps({**row, "system": f"{row['system']} (median)"}) for row in rows]
+    if len(rows) == 2:
+        sheeprl, hwm = rows
+        ratio = {**ratios(hwm, sheeprl), "repeats": args.repeats, **stamp}
+        print(json.dumps(ratio))
+        lines.append(json.dumps(ratio))
+        print(table([sheeprl, hwm], ratio))
+        if sheeprl["params"] != hwm["params"]:
+            print(
+                f"parameter counts differ: SheepRL {sheeprl['params']:,} vs hwm {hwm['params']:,} (trainable)"
+            )
+    name = "results.jsonl" if args.only is None else f"results_{args.only}_{args.hwm_render}.jsonl"
+    (args.out / name).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
