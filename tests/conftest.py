@@ -29,6 +29,15 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def _restore_environ() -> Iterator[None]:
+    """In-process runs seed through Lightning, which exports PL_GLOBAL_SEED; keep that out of other tests."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def one_torch_thread_seeded() -> Iterator[None]:
     """One torch thread and seed 0 for the duration of a test; the thread count is restored after."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ HARMONIZED = ("obs", "reward", "dynamics")
 
 # Cheaper runs for the mode tests: 80 frames of training past the prefill (about 20 updates), no evaluation.
 SHORT = ("--data.total_frames", "240", "--data.eval_episodes", "0")
-
-
-@pytest.fixture(autouse=True)
-def _restore_environ():
-    """In-process runs seed through Lightning, which exports PL_GLOBAL_SEED; keep that out of other tests."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def _assert_no_traceback(text: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ TINY, TINY_V3 = CONF / "tiny.yaml", CONF / "tiny_v3.yaml"
 HARMONIZED = ("obs", "reward", "dynamics")
 # About 20 updates past the prefill, no evaluation.
 SHORT = ("--data.total_frames", "240", "--data.eval_episodes", "0")
-
-
-@pytest.fixture(autouse=True)
-def _restore_environ():
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.mark.parametrize(
