@@ -7,14 +7,13 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, TINY_CONFIG, TINY_EXPERIMENT, cli_env
+from conftest import REPO_ROOT, TINY_CONFIG, TINY_EXPERIMENT, _run_hwm
 from hwm import cli, compare
 
 STUDY_ID = "test-study"
@@ -29,18 +28,6 @@ class TinyStudy:
     workdir: Path
     uri: str
     proc: subprocess.CompletedProcess
-
-
-def _hwm(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hwm.cli", *args],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +46,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) ->
         "--trainer.enable_checkpointing",
         "false",
     ]
-    proc = _hwm([str(a) for a in args], workdir, timeout=600)
+    proc = _run_hwm([str(a) for a in args], workdir, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return TinyStudy(workdir, f"sqlite:///{workdir / 'mlflow.db'}", proc)
 
