@@ -151,6 +151,22 @@ def test_fast_render_picture(pixel_env) -> None:
     assert (fast - slow).abs().mean() < 8.0
 
 
+def test_pixels_come_from_one_kept_camera_and_match_physics_render() -> None:
+    env = make_env(task="walker-walk", from_pixels=True, seed=1)
+    wrapper = env.base_env._env  # CameraPixels
+    td = env.reset()
+    camera = wrapper._cameras[False]
+    for _ in range(3):
+        td = env.rand_step(td)
+        # Same state, dm_control's own (new camera per call) render: the same picture, pixel for pixel.
+        expected = _physics(env).render(64, 64, camera_id=0)
+        assert np.array_equal(td["next", "pixels"].permute(1, 2, 0).numpy(), expected)
+        td = td["next"]
+    assert wrapper._cameras[False] is camera  # kept, not rebuilt per frame
+    env.close()
+    assert not wrapper._cameras
+
+
 def test_seed_makes_resets_reproducible() -> None:
     first = [make_env(task="cheetah-run", seed=s).reset()["observation"] for s in (3, 3, 4)]
     assert torch.equal(first[0], first[1])

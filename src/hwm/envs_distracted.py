@@ -18,10 +18,9 @@ from typing import Literal
 
 import dm_env
 import numpy as np
-from dm_control.suite.wrappers import pixels
 from torchrl.envs import EnvBase
 
-from hwm.envs import ActionRepeat, RepeatedDMControlWrapper, finish_dmc_env, load_dmc
+from hwm.envs import ActionRepeat, CameraPixels, RepeatedDMControlWrapper, finish_dmc_env, load_dmc
 
 __all__ = ["DISTRACTORS", "DistractedPixels", "NoiseVideo", "ShapesVideo", "make_distracted_env"]
 
@@ -97,7 +96,7 @@ class NoiseVideo:
         return (self._up @ coarse.transpose(2, 0, 1) @ self._up.T).transpose(1, 2, 0)
 
 
-class DistractedPixels(pixels.Wrapper):
+class DistractedPixels(CameraPixels):
     """dm_control's pixel wrapper with the background blended with a distractor video."""
 
     def __init__(
@@ -109,7 +108,7 @@ class DistractedPixels(pixels.Wrapper):
         strength: float,
         seed: int,
     ) -> None:
-        super().__init__(env, pixels_only=True, render_kwargs=render_kwargs)
+        super().__init__(env, render_kwargs=render_kwargs)
         self._strength = float(strength)
         self._distractor = distractor
         model = env.physics.model
@@ -124,7 +123,7 @@ class DistractedPixels(pixels.Wrapper):
         self.video = ShapesVideo(size, rng) if self._distractor == "shapes" else NoiseVideo(size, rng)
 
     def background_mask(self) -> np.ndarray:
-        seg = self._env.physics.render(segmentation=True, **self._render_kwargs)
+        seg = self.render(segmentation=True)
         ids, types = seg[..., 0], seg[..., 1]
         return (ids == -1) | ((types == _OBJ_GEOM) & np.isin(ids, self._background_geoms))
 
@@ -133,7 +132,7 @@ class DistractedPixels(pixels.Wrapper):
         return super().reset()
 
     def _add_pixel_observation(self, time_step: dm_env.TimeStep) -> dm_env.TimeStep:
-        picture = self._env.physics.render(**self._render_kwargs)
+        picture = self.render()
         if self._strength > 0:
             mask = self.background_mask()[..., None]
             blend = (1 - self._strength) * picture + self._strength * self.video.next()
