@@ -14,7 +14,7 @@ def unit_gaussian_nll(mean: Tensor, target: Tensor, event_dims: int) -> Tensor:
     loss's value, and a floor of 0.92 nats would cap the reward weight at 1/sigma*(0.92) = 0.66 and pin the
     image weight near 1/11,300 however good the reconstruction. Summed over 64x64x3, L_obs still dwarfs L_r.
     """
-    return (0.5 * (mean.float() - target.float()).pow(2)).flatten(-event_dims).sum(-1)
+    return (0.5 * (mean.float() - target.float()).square()).flatten(-event_dims).sum(-1)
 
 
 def categorical_kl(lhs_logits: Tensor, rhs_logits: Tensor) -> Tensor:
@@ -151,9 +151,9 @@ def dyn_rep_kl(post_logits: Tensor, prior_logits: Tensor, *, free: float = 1.0) 
 
 def symlog_mse(pred: Tensor, target: Tensor, event_dims: int) -> Tensor:
     """DreamerV3's vector decoder loss: squared error against symlog(target), summed over the event."""
-    return (pred.float() - symlog(target.float())).pow(2).flatten(-event_dims).sum(-1)
+    return (pred.float() - symlog(target.float())).square().flatten(-event_dims).sum(-1)
 
 
 def sum_squared_error(pred: Tensor, target: Tensor, event_dims: int) -> Tensor:
     """DreamerV3's image loss ('mse' with 'sum'): no 1/2 factor, unlike the V2 unit-Gaussian NLL."""
-    return (pred.float() - target.float()).pow(2).flatten(-event_dims).sum(-1)
+    return (pred.float() - target.float()).square().flatten(-event_dims).sum(-1)

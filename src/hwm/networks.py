@@ -107,6 +107,8 @@ class ConvEncoder(nn.Module):
         lead = image.shape[:-3]
         assert image.shape[-3:] == (3, 64, 64), f"expected (..., 3, 64, 64) images, got {tuple(image.shape)}"
         x = image.reshape(-1, *image.shape[-3:]).to(torch.get_default_dtype()) / 255.0 - 0.5
+        # Channels-last: oneDNN's convs are faster on NHWC, and ChannelNorm's permute becomes a free view.
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x).reshape(*lead, self.out_dim)
 
 
@@ -152,6 +154,7 @@ class ConvDecoder(nn.Module):
     def forward(self, feat: Tensor) -> Tensor:
         lead = feat.shape[:-1]
         x = self.linear(feat).reshape(-1, self.start[0], self.start[1], self.start[1])
+        x = x.contiguous(memory_format=torch.channels_last)  # as in ConvEncoder
         return self.net(x).reshape(*lead, self.out_channels, 64, 64)
 
 
