@@ -237,7 +237,9 @@ def child_env(threads: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def sheeprl_overrides(prefill_steps: int, updates: int, warmup: int, threads: int, seed: int) -> list[str]:
+def sheeprl_overrides(
+    prefill_steps: int, updates: int, warmup: int, threads: int, seed: int, precision: str = "32-true"
+) -> list[str]:
     total_steps = prefill_steps + int((warmup + updates) / UPDATES_PER_STEP) + 4
     return [
         "exp=dreamer_v3_dmc_walker_walk",
@@ -246,7 +248,7 @@ def sheeprl_overrides(prefill_steps: int, updates: int, warmup: int, threads: in
         f"num_threads={threads}",
         "fabric.accelerator=cpu",
         "fabric.devices=1",
-        "fabric.precision=32-true",
+        f"fabric.precision={precision}",
         "env.num_envs=1",
         "env.sync_env=True",
         "env.capture_video=False",
@@ -268,7 +270,9 @@ def sheeprl_overrides(prefill_steps: int, updates: int, warmup: int, threads: in
     ]
 
 
-def hwm_overrides(prefill_steps: int, seed: int, render: str = "fast") -> list[str]:
+def hwm_overrides(
+    prefill_steps: int, seed: int, render: str = "fast", precision: str = "32-true"
+) -> list[str]:
     return [
         "--config",
         "conf/dmc_cheetah_v3.yaml",
@@ -277,7 +281,7 @@ def hwm_overrides(prefill_steps: int, seed: int, render: str = "fast") -> list[s
         "--trainer.accelerator",
         "cpu",
         "--trainer.precision",
-        "32-true",
+        precision,
         "--model.size",
         "XS",
         "--data.task",
@@ -338,7 +342,9 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
     launcher = work / "sheeprl_launcher.py"
     launcher.write_text(LAUNCHER)
     raw = work / "sheeprl_records.json"
-    overrides = sheeprl_overrides(args.prefill_steps, args.updates, args.warmup, args.threads, args.seed)
+    overrides = sheeprl_overrides(
+        args.prefill_steps, args.updates, args.warmup, args.threads, args.seed, args.precision
+    )
     log = work / "sheeprl.log"
     rc, usage = run_logged(
         [str(python), str(launcher), str(raw), *overrides], log, child_env(args.threads), work
@@ -358,7 +364,7 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
 
 
 def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    overrides = hwm_overrides(args.prefill_steps, args.seed, args.hwm_render)
+    overrides = hwm_overrides(args.prefill_steps, args.seed, args.hwm_render, args.precision)
     env = child_env(
         args.threads, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     )
@@ -468,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--hwm-render", choices=["fast", "default"], default="fast", help="hwm's data.fast_render"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["32-true", "bf16-mixed"],
+        default="32-true",
+        help="both systems' Lightning precision (SheepRL fabric.precision, hwm trainer.precision)",
     )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--only", choices=["sheeprl", "hwm"], help="run one system (no ratios)")

@@ -124,6 +124,7 @@ def test_read_checkpoint_errors(tmp_path: Path) -> None:
         ("data.total_frames", True),
         ("data.eval_every", True),
         ("model.log_every", True),
+        ("model.compile", True),
         ("checkpoint.every_minutes", True),
         ("trainer.precision", True),
         ("trainer.logger.init_args.tracking_uri", True),

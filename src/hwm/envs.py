@@ -310,7 +310,9 @@ def make_env(
     if from_pixels:
         # Our pixel wrapper instead of the one TorchRL would add (from_pixels=True): see CameraPixels.
         render_kwargs = {"height": image_size, "width": image_size, "camera_id": cam}
-        base = RepeatedDMControlWrapper(CameraPixels(repeated, render_kwargs=render_kwargs), from_pixels=False)
+        base = RepeatedDMControlWrapper(
+            CameraPixels(repeated, render_kwargs=render_kwargs), from_pixels=False
+        )
     else:
         base = RepeatedDMControlWrapper(repeated, from_pixels=False)
     return finish_dmc_env(base, action_repeat, from_pixels, seed)

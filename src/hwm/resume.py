@@ -23,6 +23,7 @@ SAFE_KEYS = (
     "data.video_every",
     "data.fast_render",
     "model.log_every",
+    "model.compile",
     "checkpoint.",
     "progress_bar.",
     "trainer.",
