@@ -271,7 +271,7 @@ def sheeprl_overrides(
 
 
 def hwm_overrides(
-    prefill_steps: int, seed: int, render: str = "fast", precision: str = "32-true"
+    prefill_steps: int, seed: int, render: str = "fast", precision: str = "32-true", compile: bool = False
 ) -> list[str]:
     return [
         "--config",
@@ -302,6 +302,8 @@ def hwm_overrides(
         "100000",
         "--data.fast_render",
         str(render == "fast").lower(),
+        "--model.compile",
+        str(compile).lower(),
     ]
 
 
@@ -364,7 +366,9 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
 
 
 def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    overrides = hwm_overrides(args.prefill_steps, args.seed, args.hwm_render, args.precision)
+    overrides = hwm_overrides(
+        args.prefill_steps, args.seed, args.hwm_render, args.precision, args.hwm_compile
+    )
     env = child_env(
         args.threads, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     )
@@ -408,6 +412,7 @@ def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         **usage,
         "command": ["python", "benchmarks/throughput.py", *cmd[2:]],
         "rendering": f"once per agent step, {args.hwm_render} offscreen settings",
+        "compile": args.hwm_compile,
     }
 
 
@@ -476,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
         "--hwm-render", choices=["fast", "default"], default="fast", help="hwm's data.fast_render"
     )
     parser.add_argument(
+        "--hwm-compile",
+        action="store_true",
+        help="hwm's model.compile (torch.compile; its compile time falls in the warm-up updates)",
+    )
+    parser.add_argument(
         "--precision",
         choices=["32-true", "bf16-mixed"],
         default="32-true",
@@ -507,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if system == "sheeprl":
                     assert python is not None
-                    row = run_sheeprl(python, args, work, suffix=f"_{repeat}")
+                    row = run_sheeprl(python, args, work, suffix=f"_{args.precision}_{repeat}")
                 else:
                     row = run_hwm(args, work)
                 runs[system].append({**row, "repeat": repeat, **stamp})
@@ -526,7 +536,10 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"parameter counts differ: SheepRL {sheeprl['params']:,} vs hwm {hwm['params']:,} (trainable)"
             )
-    name = "results.jsonl" if args.only is None else f"results_{args.only}_{args.hwm_render}.jsonl"
+    tag = f"{args.precision}{'_compile' if args.hwm_compile else ''}"
+    name = (
+        f"results_{tag}.jsonl" if args.only is None else f"results_{args.only}_{args.hwm_render}_{tag}.jsonl"
+    )
     (args.out / name).write_text("\n".join(lines) + "\n")
     return 0
 
