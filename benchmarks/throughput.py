@@ -10,7 +10,10 @@ wall times), env_frames_per_s (frames collected / time spent collecting, acting 
 split_ms (milliseconds per update in each section: collect, replay, world_model [harmonizer included],
 harmonizer, actor_critic, logging), harmonizer_share (harmonizer / (world_model + actor_critic)), params,
 peak_rss_mb, threads, device. ``--harmonizer-ab R`` also runs R alternating rectified/off pairs and reports
-median s/update per mode and the rectified/off ratio.
+median s/update per mode and the rectified/off ratio. ``--profile`` runs torch.profiler over the first
+warm-up's last update (reported in ``profile``; not among the measured ones): the share of the update's operator time spent in dense
+kernels (matmuls and convolutions, forward and backward), the floor that any implementation of the same
+model at the same precision pays, and the top operators.
 """
 
 from __future__ import annotations
@@ -49,14 +52,32 @@ QUIET = [
 ]
 
 
+# Dense kernels: what one update of a given model at a given precision cannot avoid, whoever implements it.
+DENSE_OPS = frozenset(
+    {
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::_convolution",
+        "aten::mkldnn_convolution",
+        "aten::convolution_backward",
+    }
+)
+
+
 class _Meter(Callback):
     """Wall time per update, and timer/counter snapshots when the warm-up ends and at the end."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, warmup: int, profile: bool = False) -> None:
         self.warmup = warmup
         self.durations: list[float] = []
         self.start: dict[str, Any] | None = None
         self._last = time.perf_counter()
+        self._profile = profile
+        self._profiler: torch.profiler.profile | None = None
+        self._profile_start = 0.0
+        self.profile: dict[str, Any] | None = None
 
     @staticmethod
     def snapshot(trainer: Trainer, agent: LightningModule) -> dict[str, Any]:
@@ -68,7 +89,18 @@ class _Meter(Callback):
             "sections": {**agent.timer.cumulative, **dm.timer.cumulative},
         }
 
+    def on_train_batch_start(self, trainer: Trainer, agent: LightningModule, *args: Any) -> None:
+        if self._profile and self.profile is None and agent.updates == self.warmup - 1:
+            self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._profiler.__enter__()
+            self._profile_start = time.perf_counter()
+
     def on_train_batch_end(self, trainer: Trainer, agent: LightningModule, *args: Any) -> None:
+        if self._profiler is not None:
+            wall = time.perf_counter() - self._profile_start
+            self._profiler.__exit__(None, None, None)
+            self.profile = summarize_profile(self._profiler.key_averages(), wall)
+            self._profiler = None
         now = time.perf_counter()
         if self.start is not None:
             self.durations.append(now - self._last)
@@ -77,13 +109,29 @@ class _Meter(Callback):
             self.start = self.snapshot(trainer, agent)
 
 
-def measure(config_args: list[str], updates: int, warmup: int) -> dict[str, Any]:
+def summarize_profile(events: Any, wall_s: float) -> dict[str, Any]:
+    """Time by operator over one profiled update (the collection of its batch included) and the dense
+    kernels' share of its wall time. Operators' self times are wall times on the calling thread (intra-op
+    threads work inside them), so they add up against the update's wall time."""
+    ops = {e.key: e.self_cpu_time_total / 1e6 for e in events if e.key.startswith("aten::")}
+    dense = sum(v for k, v in ops.items() if k in DENSE_OPS)
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:12]
+    return {
+        "wall_s": wall_s,
+        "aten_s": sum(ops.values()),
+        "dense_s": dense,
+        "dense_share": dense / wall_s,
+        "top_ops_s": {k: round(v, 4) for k, v in top},
+    }
+
+
+def measure(config_args: list[str], updates: int, warmup: int, profile: bool = False) -> dict[str, Any]:
     cli = build_cli([*config_args, *QUIET])
     dm, agent, trainer = cli.datamodule, cli.model, cli.trainer
     per_step = dm.train_ratio / dm.replayed_steps  # updates per agent step
     steps = math.ceil((warmup + updates) / per_step) + dm.steps_per_collect
     dm.total_frames = dm.prefill_frames + steps * dm.action_repeat
-    meter = _Meter(warmup)
+    meter = _Meter(warmup, profile)
     trainer.callbacks.append(meter)
     trainer.fit(agent, datamodule=dm)
     assert meter.start is not None, "the run ended before the warm-up did"
@@ -106,6 +154,7 @@ def measure(config_args: list[str], updates: int, warmup: int) -> dict[str, Any]
         "threads": torch.get_num_threads(),
         "device": str(next(agent.parameters()).device),
         "machine": platform.processor() or platform.machine(),
+        **({"profile": meter.profile} if meter.profile is not None else {}),
     }
 
 
@@ -118,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="updates before measuring")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--harmonizer-ab", type=int, default=0, metavar="R", help="R rectified/off pairs")
+    parser.add_argument("--profile", action="store_true", help="profile the last warm-up update")
     args, overrides = parser.parse_known_args(argv)
     torch.set_num_threads(args.threads)
     config_args = [a for c in args.config for a in ("--config", c)] + overrides
-    result = measure(config_args, args.updates, args.warmup)
+    result = measure(config_args, args.updates, args.warmup, args.profile)
     if args.harmonizer_ab:
         per_mode: dict[str, list[float]] = {"rectified": [], "off": []}
         for _ in range(args.harmonizer_ab):

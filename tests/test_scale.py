@@ -101,10 +101,15 @@ def test_throughput_benchmark_reports_one_json_line(tmp_path: Path, monkeypatch,
 
     monkeypatch.chdir(tmp_path)
     assert (
-        throughput.main(["--config", str(TINY_CONFIG), "--updates", "5", "--warmup", "2", "--threads", "1"])
+        throughput.main(
+            ["--config", str(TINY_CONFIG), "--updates", "5", "--warmup", "2", "--threads", "1", "--profile"]
+        )
         == 0
     )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["updates"] >= 5 and result["updates_per_s"] > 0 and result["env_frames_per_s"] > 0
     assert {"collect", "replay", "world_model", "actor_critic", "harmonizer"} <= result["split_ms"].keys()
     assert 0 <= result["harmonizer_share"] < 1
+    profile = result["profile"]  # the last warm-up update, profiled
+    assert 0 < profile["dense_s"] <= profile["aten_s"] <= profile["wall_s"]
+    assert 0 < profile["dense_share"] < 1 and "aten::mm" in profile["top_ops_s"]
