@@ -97,10 +97,21 @@ LAUNCHER = textwrap.dedent(
     out, overrides = sys.argv[1], sys.argv[2:]
     rec = {"train": [], "phases": [], "params": {}, "threads": None}
 
+    # The call to profile (the last warm-up update): its end is stamped after the profiler has stopped,
+    # so the teardown falls in no measured update.
+    profile_call = int(os.environ.get("HWM_PROFILE_CALL", "-1"))
     original_train = dv3.train
     def train(*args, **kwargs):
+        prof = None
+        if len(rec["train"]) == profile_call:
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            prof.__enter__()
         start = time.perf_counter()
         result = original_train(*args, **kwargs)
+        if prof is not None:
+            rec["profile_wall_s"] = time.perf_counter() - start
+            prof.__exit__(None, None, None)
+            rec["profile_self_s"] = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
         rec["train"].append([start, time.perf_counter()])
         rec["threads"] = torch.get_num_threads()
         return result
@@ -326,6 +337,12 @@ def summarize_sheeprl(rec: dict[str, Any], warmup: int) -> dict[str, Any]:
     acting = [e for t, e in env_phases if t > measured_from]
     params = rec["params"]
     trainable = sum(params.get(k, 0) for k in ("world_model", "actor", "critic"))
+    profile = None
+    if rec.get("profile_self_s"):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from throughput import summarize_ops
+
+        profile = summarize_ops(rec["profile_self_s"], rec["profile_wall_s"])
     return {
         "updates": len(measured),
         "s_per_update": statistics.median(gaps),
@@ -337,6 +354,7 @@ def summarize_sheeprl(rec: dict[str, Any], warmup: int) -> dict[str, Any]:
         "params_total": trainable + params.get("target_critic", 0),
         "params_by_module": params,
         "threads": rec["threads"],
+        **({"profile": profile} if profile else {}),
     }
 
 
@@ -348,9 +366,8 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
         args.prefill_steps, args.updates, args.warmup, args.threads, args.seed, args.precision
     )
     log = work / "sheeprl.log"
-    rc, usage = run_logged(
-        [str(python), str(launcher), str(raw), *overrides], log, child_env(args.threads), work
-    )
+    env = child_env(args.threads, HWM_PROFILE_CALL=str(args.warmup - 1))
+    rc, usage = run_logged([str(python), str(launcher), str(raw), *overrides], log, env, work)
     if rc != 0 or not raw.exists():
         sys.exit(f"sheeprl_compare: error: SheepRL exited with {rc}; see {log}:\n{log.read_text()[-3000:]}")
     rec = json.loads(raw.read_text())
@@ -388,6 +405,7 @@ def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         str(args.warmup),
         "--threads",
         str(args.threads),
+        "--profile",
     ]
     log = work / "hwm.log"
     rc, usage = run_logged(cmd, log, env, ROOT)
@@ -409,6 +427,7 @@ def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         **params,
         "threads": result["threads"],
         "split_ms": split,
+        **({"profile": result["profile"]} if "profile" in result else {}),
         **usage,
         "command": ["python", "benchmarks/throughput.py", *cmd[2:]],
         "rendering": f"once per agent step, {args.hwm_render} offscreen settings",

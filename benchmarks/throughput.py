@@ -110,10 +110,15 @@ class _Meter(Callback):
 
 
 def summarize_profile(events: Any, wall_s: float) -> dict[str, Any]:
-    """Time by operator over one profiled update (the collection of its batch included) and the dense
-    kernels' share of its wall time. Operators' self times are wall times on the calling thread (intra-op
-    threads work inside them), so they add up against the update's wall time."""
-    ops = {e.key: e.self_cpu_time_total / 1e6 for e in events if e.key.startswith("aten::")}
+    """One profiled update (the collection of its batch included): see :func:`summarize_ops`."""
+    return summarize_ops({e.key: e.self_cpu_time_total / 1e6 for e in events}, wall_s)
+
+
+def summarize_ops(self_s: dict[str, float], wall_s: float) -> dict[str, Any]:
+    """Seconds by aten operator and the dense kernels' share of the wall time (pure: sheeprl_compare.py
+    uses it too). Operators' self times are wall times on the calling thread (intra-op threads work inside
+    them), so they add up against the wall time."""
+    ops = {k: v for k, v in self_s.items() if k.startswith("aten::")}
     dense = sum(v for k, v in ops.items() if k in DENSE_OPS)
     top = sorted(ops.items(), key=lambda kv: -kv[1])[:12]
     return {

@@ -39,6 +39,19 @@ def test_summarize_sheeprl_skips_warmup_and_splits_prefill_from_acting() -> None
     assert (out["params"], out["params_total"]) == (115, 120)
 
 
+def test_summarize_sheeprl_reports_the_profiled_update_dense_share() -> None:
+    assert "profile" not in compare.summarize_sheeprl(_records(), warmup=1)
+    rec = {
+        **_records(),
+        "profile_wall_s": 2.0,
+        "profile_self_s": {"aten::mm": 0.6, "aten::convolution_backward": 0.4, "aten::silu": 0.3, "train": 5.0},
+    }
+    profile = compare.summarize_sheeprl(rec, warmup=1)["profile"]
+    assert profile["dense_s"] == pytest.approx(1.0) and profile["aten_s"] == pytest.approx(1.3)
+    assert profile["dense_share"] == pytest.approx(0.5)  # of the update's wall time, not of the ops' sum
+    assert list(profile["top_ops_s"]) == ["aten::mm", "aten::convolution_backward", "aten::silu"]
+
+
 def test_summarize_sheeprl_rejects_too_few_updates() -> None:
     with pytest.raises(ValueError, match="SheepRL ran 4 updates, fewer than the 5"):
         compare.summarize_sheeprl(_records(), warmup=3)
