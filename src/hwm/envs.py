@@ -13,9 +13,6 @@ import os
 # Must be set before dm_control/mujoco pick a GL backend at import time; EGL (Mesa) works
 # headless and, unlike osmesa, is quiet at interpreter exit.
 os.environ.setdefault("MUJOCO_GL", "egl")
-# Mesa's llvmpipe splits every frame over all cores by default; at 64x64 the hand-offs cost more than they
-# save (measured: 6.5 -> 5.1 ms per walker frame on 2 cores). Read when the first GL context is made.
-os.environ.setdefault("LP_NUM_THREADS", "1")
 
 import collections  # noqa: E402
 from typing import Any  # noqa: E402
