@@ -8,7 +8,7 @@ process with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` and ``torch.set_num_threa
 the same base (DreamerV3), model size (XS: GRU 256, CNN depth 24, MLPs 1 x 256, 32 x 32 latents), batch x
 sequence length (16 x 64), env (DMC walker-walk, 64x64 pixels, action repeat 2, one env), replay/train ratio
 (0.5 updates per agent step: SheepRL ``algo.replay_ratio=0.5`` = hwm ``data.train_ratio=512`` with 16 x 64),
-float32 on CPU, and a short prefill of random actions (``--prefill-steps`` agent steps) before
+precision (``--precision``: both ``32-true`` or both ``bf16-mixed``) on CPU, and a short prefill of random actions (``--prefill-steps`` agent steps) before
 ``--warmup + --updates`` gradient updates. The first ``--warmup`` updates are not measured.
 
 SheepRL is not a project dependency: it lives in its own virtual environment (``--venv``), created on first use
@@ -40,6 +40,9 @@ Reported per system (one JSON line each, then one with the ratios hwm / SheepRL,
 - ``env_frames_per_s``: env frames (agent steps x action repeat) per second of collection time, acting
   policy included, over the measured part (after the warm-up updates); ``prefill_env_frames_per_s`` (SheepRL
   only) is the same with random actions during the prefill.
+- ``profile``: each system's last warm-up update run under torch.profiler: ``dense_s`` (seconds in matmul
+  and convolution kernels, forward and backward: what the same model at the same precision costs whoever
+  implements it), ``dense_share`` of that update's wall time, and the top operators.
 - ``peak_rss_mb``: the peak resident set size of the system's process (``os.wait4`` rusage of the child).
 - ``params`` (trainable: world model, actor, critic) and ``params_total`` (with SheepRL's target critic /
   hwm's slow critic and any other non-trained parameters).

@@ -44,7 +44,12 @@ def test_summarize_sheeprl_reports_the_profiled_update_dense_share() -> None:
     rec = {
         **_records(),
         "profile_wall_s": 2.0,
-        "profile_self_s": {"aten::mm": 0.6, "aten::convolution_backward": 0.4, "aten::silu": 0.3, "train": 5.0},
+        "profile_self_s": {
+            "aten::mm": 0.6,
+            "aten::convolution_backward": 0.4,
+            "aten::silu": 0.3,
+            "train": 5.0,
+        },
     }
     profile = compare.summarize_sheeprl(rec, warmup=1)["profile"]
     assert profile["dense_s"] == pytest.approx(1.0) and profile["aten_s"] == pytest.approx(1.3)

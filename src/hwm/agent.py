@@ -51,8 +51,9 @@ class HarmonyDreamAgent(L.LightningModule):
             (null: ``grad_clip``).
         log_every: updates between metric logs.
         compile: ``torch.compile`` the conv encoder and decoder and the imagination rollout (fuses their
-            elementwise ops; costs a minute or two of compiling at the start and whenever a new batch shape
-            comes). Off by default; pays on long runs (README, "Speed").
+            elementwise ops; costs about a minute of compiling at the start and whenever a new batch shape
+            comes). Off by default: on CPU it gave no clear gain (README, "Throughput and where the time
+            goes"); meant for GPUs.
 
     Optimizer settings left null take the base's (DreamerV2: lr 3e-4 / 8e-5 / 8e-5, eps 1e-5, weight decay
     1e-6, clip 100; DreamerV3: lr 1e-4 / 3e-5 / 3e-5, eps 1e-8 model and 1e-5 actor-critic, no weight decay,
