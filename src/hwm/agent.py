@@ -100,7 +100,6 @@ class HarmonyDreamAgent(L.LightningModule):
                 f"({type(self.world_model).__name__}); drop its class_path or pick model.base "
                 f"{self.world_model.base!r}"
             )
-        self.compiled = compile
         if compile:
             self._compile()
         self.harmonizer = Harmonizer(
