@@ -8,8 +8,6 @@ slow critic an EMA (2% per update); advantages divided by the percentile return 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -17,22 +15,11 @@ from torch import Tensor, nn
 
 from hwm.actor_critic import ActionDist, ActorCritic
 from hwm.losses import TwoHot, lambda_return
+from hwm.networks import frozen
 from hwm.rssm import State
 from hwm.world_model import WorldModel
 
 CRITIC_BINS = 255
-
-
-@contextmanager
-def _no_param_grads(module: nn.Module) -> Iterator[None]:
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(f)
 
 
 class ActorCriticV3(ActorCritic):
@@ -128,7 +115,7 @@ class ActorCriticV3(ActorCritic):
             discount = self.discount * world_model.continue_prob(feats[1:]).squeeze(-1)
         # DreamerV3 bootstraps from the online critic (the slow one only regularises it); its parameters
         # are not the actor's to train, but the returns carry the actor's gradient through the features.
-        with _no_param_grads(self.critic):
+        with frozen(self.critic):
             value = self.twohot.mean(self.critic(feats))  # [H+1, N]
         target = lambda_return(reward, value, discount, lambda_=self.lambda_)  # [H, N]
         with torch.no_grad():

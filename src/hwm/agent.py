@@ -215,9 +215,9 @@ class HarmonyDreamAgent(L.LightningModule):
 
     def _time_split(self) -> dict[str, float]:
         """Milliseconds per update in each section since the last log (data module's sections included)."""
-        dm = getattr(self.trainer, "datamodule", None)
         seconds = self.timer.pop()
-        seconds.update(getattr(dm, "timer", Stopwatch()).pop())
+        dm_timer = getattr(self._datamodule, "timer", None)
+        seconds.update(dm_timer.pop() if dm_timer is not None else {})
         updates, self._timed_updates = max(self._timed_updates, 1), 0
         # The harmonizer's time is part of the world model's; logged on its own for its overhead.
         return {f"time/{name}_ms": 1000 * total / updates for name, total in seconds.items()}
@@ -275,14 +275,19 @@ class HarmonyDreamAgent(L.LightningModule):
         unlogged = checkpoint.get("unlogged_metrics", {"step": -1, "metrics": {}})
         self._unlogged_step, self._unlogged = unlogged["step"], dict(unlogged["metrics"])
 
+    @property
+    def _datamodule(self) -> Any:
+        """The trainer's data module (None when trained without one, as in some unit tests)."""
+        return getattr(self.trainer, "datamodule", None)
+
     def _datamodule_metrics(self) -> dict[str, float]:
-        dm = getattr(self.trainer, "datamodule", None)
-        return dm.pop_metrics() if dm is not None and hasattr(dm, "pop_metrics") else {}
+        dm = self._datamodule
+        return dm.pop_metrics() if hasattr(dm, "pop_metrics") else {}
 
     def _log_media(self) -> None:
         """Renders the evaluation episodes the data module recorded as GIF artifacts under ``media/``."""
-        dm = getattr(self.trainer, "datamodule", None)
-        recorded = dm.pop_media() if dm is not None and hasattr(dm, "pop_media") else []
+        dm = self._datamodule
+        recorded = dm.pop_media() if hasattr(dm, "pop_media") else []
         logger = self.logger
         if not recorded or logger is None or not self.trainer.is_global_zero:
             return
@@ -294,8 +299,7 @@ class HarmonyDreamAgent(L.LightningModule):
                     logger.experiment.log_artifact(logger.run_id, str(path), "media")
 
     def _counters(self) -> Mapping[str, float]:
-        dm = getattr(self.trainer, "datamodule", None)
-        return getattr(dm, "counters", {})
+        return getattr(self._datamodule, "counters", {})
 
     def _log(self, metrics: dict[str, Any]) -> None:
         counters = self._counters()

@@ -99,7 +99,10 @@ class TwoHot:
         self._points = points.float()
 
     def points(self, like: Tensor) -> Tensor:
-        return self._points.to(device=like.device, dtype=torch.float32)
+        # Kept on the device last asked for: a host-to-GPU copy on every call would stall the stream.
+        if self._points.device != like.device:
+            self._points = self._points.to(like.device)
+        return self._points
 
     def encode(self, y: Tensor) -> Tensor:
         """[...] values -> [..., bins] two-hot targets (clipped to the outer bins)."""

@@ -6,10 +6,24 @@ bases build from the same functions with ``norm``/``act`` switched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Stops ``module``'s parameter gradients (not input gradients) inside the block, then restores them."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(f)
 
 
 def block(in_dim: int, out_dim: int, *, norm: bool = False, act: type[nn.Module] = nn.ELU) -> list[nn.Module]:

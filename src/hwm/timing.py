@@ -3,8 +3,7 @@
 The data module times collection and replay sampling, the agent times the world-model step, the
 imagination + actor-critic steps, the harmonizer and logging; the agent logs the split as ``time/*``
 metrics (milliseconds per update) and ``benchmarks/throughput.py`` reads it directly. On a GPU, kernels
-run asynchronously: ``sync=True`` synchronizes at each section end so the split is exact (at some cost),
-otherwise GPU time lands in whichever section next waits for it.
+run asynchronously, so GPU time lands in whichever section next waits for it.
 """
 
 from __future__ import annotations
@@ -14,12 +13,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 
 class Stopwatch:
-    def __init__(self, *, sync: bool = False) -> None:
-        self.sync = sync
+    def __init__(self) -> None:
         self.totals: dict[str, float] = defaultdict(float)  # since the last pop()
         self.cumulative: dict[str, float] = defaultdict(float)  # since construction
 
@@ -29,8 +25,6 @@ class Stopwatch:
         try:
             yield
         finally:
-            if self.sync and torch.cuda.is_available():
-                torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
             self.totals[name] += elapsed
             self.cumulative[name] += elapsed

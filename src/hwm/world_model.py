@@ -12,7 +12,7 @@ from tensordict import TensorDictBase
 from torch import Tensor, nn
 
 from hwm.losses import balanced_kl, bernoulli_nll, unit_gaussian_nll
-from hwm.networks import ConvDecoder, ConvEncoder, flat_dim, mlp
+from hwm.networks import ConvDecoder, ConvEncoder, flat_dim, frozen, mlp
 from hwm.rssm import RSSM, State
 
 TASKS: tuple[str, ...] = ("obs", "reward", "dynamics", "continue")
@@ -182,14 +182,8 @@ class WorldModel(L.LightningModule):
     @contextmanager
     def frozen(self) -> Iterator[None]:
         """Stops parameter gradients (not input gradients) while the actor backpropagates through us."""
-        flags = [p.requires_grad for p in self.parameters()]
-        for p in self.parameters():
-            p.requires_grad_(False)
-        try:
+        with frozen(self):
             yield
-        finally:
-            for p, f in zip(self.parameters(), flags, strict=True):
-                p.requires_grad_(f)
 
 
 def _latent_metrics(post: dict[str, Tensor], kl: Tensor) -> dict[str, Tensor]:
