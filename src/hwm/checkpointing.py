@@ -74,9 +74,9 @@ class PeriodicCheckpoint(Checkpoint):
         # Set by the CLI once the MLflow run is known: where to write, and what to record about the run.
         self.run_dir: Path | None = None
         self.run_info: dict[str, Any] = {}
-        self._last_updates = -1
         self._last_time = time.monotonic()
-        self._last_saved: tuple | None = None
+        # The stamp (updates first) of the last save, or of the training start.
+        self._last_saved: tuple = (-1, None, None)
 
     @staticmethod
     def _stamp(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple:
@@ -94,7 +94,6 @@ class PeriodicCheckpoint(Checkpoint):
         self.run_dir, self.run_info = trainer.strategy.broadcast((self.run_dir, self.run_info), src=0)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_updates = int(pl_module.updates)
         self._last_time = time.monotonic()
         self._last_saved = self._stamp(trainer, pl_module)
 
@@ -102,7 +101,7 @@ class PeriodicCheckpoint(Checkpoint):
         if not getattr(trainer.datamodule, "at_collect_boundary", True):
             return
         updates = int(pl_module.updates)
-        by_updates = self.every_updates and updates - self._last_updates >= self.every_updates
+        by_updates = self.every_updates and updates - self._last_saved[0] >= self.every_updates
         by_time = self.every_minutes and time.monotonic() - self._last_time >= self.every_minutes * 60
         if self.every_minutes and trainer.world_size > 1:
             # Saving is collective: every process must agree, and their clocks don't.
@@ -139,7 +138,7 @@ class PeriodicCheckpoint(Checkpoint):
             atomic_symlink(name, self.run_dir / LAST)
             self._prune()
             rank_zero_info(f"hwm: checkpoint {path} ({updates} updates, {record['env_frames']} env frames)")
-        self._last_updates, self._last_time = updates, time.monotonic()
+        self._last_time = time.monotonic()
         self._last_saved = self._stamp(trainer, pl_module)
         return path
 

@@ -34,6 +34,7 @@ from hwm import presets  # noqa: E402
 from hwm.agent import HarmonyDreamAgent  # noqa: E402
 from hwm.checkpoint_io import HWM_KEY, AtomicCheckpointIO, CheckpointError  # noqa: E402
 from hwm.checkpointing import PeriodicCheckpoint  # noqa: E402
+from hwm.compare import DEFAULT_EXPERIMENT, DEFAULT_URI  # noqa: E402
 from hwm.data import ReplayDataModule  # noqa: E402
 from hwm.progress import FrameProgressBar  # noqa: E402
 from hwm.resume import (  # noqa: E402
@@ -47,7 +48,6 @@ from hwm.resume import (  # noqa: E402
 )
 from hwm.run_info import source_tags  # noqa: E402
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 COMMANDS = ("fit", "study", "compare")
 
 
@@ -99,7 +99,7 @@ class HwmCLI(LightningCLI):
                 "trainer.use_distributed_sampler": False,
                 "trainer.logger": {
                     "class_path": "lightning.pytorch.loggers.MLFlowLogger",
-                    "init_args": {"experiment_name": "hwm", "tracking_uri": DEFAULT_TRACKING_URI},
+                    "init_args": {"experiment_name": DEFAULT_EXPERIMENT, "tracking_uri": DEFAULT_URI},
                 },
             }
         )

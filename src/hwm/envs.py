@@ -41,7 +41,7 @@ __all__ = [
     "RepeatedDMControlWrapper",
     "dmc_tasks",
     "env_frames_per_step",
-    "finish_dmc_env",
+    "finish_env",
     "load_dmc",
     "make_env",
     "tune_rendering",
@@ -207,7 +207,11 @@ class CameraPixels(pixels.Wrapper):
         return camera.render(segmentation=segmentation)
 
     def _add_pixel_observation(self, time_step: dm_env.TimeStep) -> dm_env.TimeStep:
-        return time_step._replace(observation=collections.OrderedDict({PIXELS_KEY: self.render()}))
+        return time_step._replace(observation=collections.OrderedDict({PIXELS_KEY: self.picture()}))
+
+    def picture(self) -> np.ndarray:
+        """The observation's HWC uint8 picture (subclasses change it)."""
+        return self.render()
 
     def _free_cameras(self) -> None:
         for camera in self._cameras.values():
@@ -312,7 +316,7 @@ def make_env(
         )
     else:
         base = RepeatedDMControlWrapper(repeated, from_pixels=False)
-    return finish_dmc_env(base, action_repeat, from_pixels, seed)
+    return finish_env(base, action_repeat, from_pixels, seed)
 
 
 def load_dmc(
@@ -333,8 +337,8 @@ def load_dmc(
     return dm
 
 
-def finish_dmc_env(base: EnvBase, action_repeat: int, from_pixels: bool, seed: int) -> EnvBase:
-    """The transforms every DMC-based env gets: CHW pixels, ``is_init``; seeded."""
+def finish_env(base: EnvBase, action_repeat: int, from_pixels: bool, seed: int) -> EnvBase:
+    """The transforms every suite's env gets: CHW pixels, ``is_init``; seeded."""
     # Set on the base env: TransformedEnv forwards unknown attributes to it, so the value
     # survives any further wrapping by the trainer.
     base.action_repeat = action_repeat

@@ -21,9 +21,9 @@ import ale_py.roms as roms
 import gymnasium as gym
 import numpy as np
 from PIL import Image
-from torchrl.envs import Compose, EnvBase, GymWrapper, InitTracker, PermuteTransform, TransformedEnv
+from torchrl.envs import EnvBase, GymWrapper
 
-from hwm.envs import OBS_KEY, PIXELS_KEY
+from hwm.envs import OBS_KEY, PIXELS_KEY, finish_env
 
 __all__ = ["ATARI100K_SCORES", "AtariEnv", "atari_game", "human_normalized", "make_atari_env"]
 
@@ -76,7 +76,6 @@ def atari_game(name: str) -> str:
     for suffix in ("-v5", "-v4", "NoFrameskip", "Deterministic"):
         base = base.replace(suffix, "")
     by_key = {_squash(rom): rom for rom in roms.get_all_rom_ids()}
-    by_key["jamesbond"] = "jamesbond"
     game = by_key.get(_squash(base))
     if game is None:
         raise ValueError(
@@ -110,6 +109,7 @@ class AtariEnv(gym.Env):
         seed: int = 0,
     ) -> None:
         self.game = atari_game(game)
+        self._episode_rng: dict[str, Any] | None = None  # set at each reset
         self._from_pixels, self._size, self._repeat = from_pixels, size, repeat
         self._sticky, self._noops, self._max_frames = sticky, noops, max_frames
         self.ale = ale_py.ALEInterface()
@@ -248,12 +248,5 @@ def make_atari_env(
         seed=seed,
     )
     base = GymWrapper(game)
-    base.action_repeat = action_repeat
     base.score_range = ATARI100K_SCORES.get(game.game)
-    transforms = []
-    if from_pixels:
-        transforms.append(PermuteTransform((-1, -3, -2), in_keys=[PIXELS_KEY]))
-    transforms.append(InitTracker())
-    env = TransformedEnv(base, Compose(*transforms))
-    env.set_seed(seed)
-    return env
+    return finish_env(base, action_repeat, from_pixels, seed)

@@ -13,14 +13,13 @@ Distractors:
 
 from __future__ import annotations
 
-import collections
 from typing import Literal
 
 import dm_env
 import numpy as np
 from torchrl.envs import EnvBase
 
-from hwm.envs import ActionRepeat, CameraPixels, RepeatedDMControlWrapper, finish_dmc_env, load_dmc
+from hwm.envs import ActionRepeat, CameraPixels, RepeatedDMControlWrapper, finish_env, load_dmc
 
 __all__ = ["DISTRACTORS", "DistractedPixels", "NoiseVideo", "ShapesVideo", "make_distracted_env"]
 
@@ -131,13 +130,13 @@ class DistractedPixels(CameraPixels):
         self.video.reset()
         return super().reset()
 
-    def _add_pixel_observation(self, time_step: dm_env.TimeStep) -> dm_env.TimeStep:
+    def picture(self) -> np.ndarray:
         picture = self.render()
         if self._strength > 0:
             mask = self.background_mask()[..., None]
             blend = (1 - self._strength) * picture + self._strength * self.video.next()
             picture = np.where(mask, np.clip(blend, 0, 255).astype(np.uint8), picture)
-        return time_step._replace(observation=collections.OrderedDict(pixels=picture))
+        return picture
 
 
 class _DistractedWrapper(RepeatedDMControlWrapper):
@@ -185,4 +184,4 @@ def make_distracted_env(
         seed=seed,
     )
     base = _DistractedWrapper(distracted, from_pixels=False)
-    return finish_dmc_env(base, action_repeat, True, seed)
+    return finish_env(base, action_repeat, True, seed)

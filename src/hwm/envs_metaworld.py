@@ -20,9 +20,9 @@ from typing import Any  # noqa: E402
 import gymnasium as gym  # noqa: E402
 import metaworld  # noqa: E402, F401  (registers the Meta-World/* ids)
 import numpy as np  # noqa: E402
-from torchrl.envs import Compose, EnvBase, GymWrapper, InitTracker, PermuteTransform, TransformedEnv  # noqa: E402
+from torchrl.envs import EnvBase, GymWrapper  # noqa: E402
 
-from hwm.envs import OBS_KEY, PIXELS_KEY, tune_rendering  # noqa: E402
+from hwm.envs import OBS_KEY, PIXELS_KEY, finish_env, tune_rendering  # noqa: E402
 
 __all__ = ["MAX_EPISODE_STEPS", "MetaWorldSteps", "make_metaworld_env", "metaworld_tasks"]
 
@@ -147,12 +147,4 @@ def make_metaworld_env(
     steps = MetaWorldSteps(
         env, from_pixels=from_pixels, repeat=action_repeat, max_agent_steps=time_limit // action_repeat
     )
-    base = GymWrapper(steps)
-    base.action_repeat = action_repeat
-    transforms = []
-    if from_pixels:
-        transforms.append(PermuteTransform((-1, -3, -2), in_keys=[PIXELS_KEY]))
-    transforms.append(InitTracker())
-    out = TransformedEnv(base, Compose(*transforms))
-    out.set_seed(seed)
-    return out
+    return finish_env(GymWrapper(steps), action_repeat, from_pixels, seed)

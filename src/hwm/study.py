@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import secrets
 import shlex
 import subprocess
@@ -33,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from hwm.compare import STUDY_TAG
+from hwm.compare import DEFAULT_EXPERIMENT, DEFAULT_GROUP_BY, DEFAULT_URI, STUDY_TAG
 
 
 class StudyError(Exception):
@@ -188,9 +187,10 @@ def run(study: Study) -> int:
 
     With ``jobs > 1`` the experiment is created first, then ``jobs`` runs go at a time.
     """
-    jobs = [(v, s) for v in study.variants() for s in study.seeds]
+    variants = study.variants()
+    jobs = [(v, s) for v in variants for s in study.seeds]
     failed: list[str] = []
-    n_variants = len(study.variants())
+    n_variants = len(variants)
     print(f"hwm study {study.study_id}: {len(jobs)} runs ({n_variants} variants x {len(study.seeds)} seeds)")
     if study.dry_run:
         for i, (variant, seed) in enumerate(jobs, 1):
@@ -207,7 +207,7 @@ def run(study: Study) -> int:
         with lock:
             print(f"{label}: running", flush=True)
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         took = time.perf_counter() - start
         with lock:
             if proc.returncode == 0:
@@ -222,10 +222,12 @@ def run(study: Study) -> int:
         return proc.returncode
 
     logger = "trainer.logger.init_args."
-    experiment = study.experiment or _config_value(study.configs, logger + "experiment_name") or "hwm"
+    experiment = (
+        study.experiment or _config_value(study.configs, logger + "experiment_name") or DEFAULT_EXPERIMENT
+    )
     tracking = study.tracking_uri or _config_value(study.configs, logger + "tracking_uri")
     first = 0
-    if study.jobs > 1 and not _ensure_experiment(tracking or "sqlite:///mlflow.db", experiment):
+    if study.jobs > 1 and not _ensure_experiment(tracking or DEFAULT_URI, experiment):
         # Runs starting together would race to create the experiment: the first one goes alone.
         first = 1
         if one(1, *jobs[0]) == 2:
@@ -237,7 +239,7 @@ def run(study: Study) -> int:
     where = f" --experiment {experiment}"
     uri = f" --tracking-uri {tracking}" if tracking else ""
     print(f"hwm study {study.study_id}: {len(jobs) - len(failed)}/{len(jobs)} runs finished")
-    group = next(iter(study.vary), "model.harmonizer_mode")
+    group = next(iter(study.vary), DEFAULT_GROUP_BY)
     print(f"compare them: hwm compare{where}{uri} --study {study.study_id} --group-by {group}")
     if failed:
         print(f"hwm study: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)

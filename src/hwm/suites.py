@@ -36,7 +36,11 @@ def suite_factory(suite: str) -> Callable[..., EnvBase]:
 
 def suite_options(suite: str) -> dict[str, Any]:
     """The suite-specific options and their defaults."""
-    params = inspect.signature(suite_factory(suite)).parameters.values()
+    return _options(suite_factory(suite))
+
+
+def _options(factory: Callable[..., EnvBase]) -> dict[str, Any]:
+    params = inspect.signature(factory).parameters.values()
     return {p.name: p.default for p in params if p.name not in COMMON_ARGS}
 
 
@@ -44,7 +48,7 @@ def make_suite_env(*, suite: str = "dmc", options: Mapping[str, Any] | None = No
     """Builds ``suite``'s env from the common arguments plus the suite's own ``options``."""
     factory = suite_factory(suite)
     options = dict(options or {})
-    valid = suite_options(suite)
+    valid = _options(factory)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         listed = ", ".join(valid) if valid else "none"
