@@ -42,6 +42,7 @@ from hwm.resume import (  # noqa: E402
     check_state_dict,
     config_changes,
     describe,
+    flatten,
     load_for_resume,
     resolve_ckpt_path,
     split_changes,
@@ -176,7 +177,7 @@ class HwmCLI(LightningCLI):
             run_id = logger.run_id
             client = logger.experiment
             as_dict = {k: v for k, v in yaml.safe_load(config).items() if k not in IGNORED_KEYS}
-            flat = {k: v for k, v in _flatten(as_dict).items() if not k.startswith("trainer.logger")}
+            flat = {k: v for k, v in _param_values(as_dict).items() if not k.startswith("trainer.logger")}
             if resume is None:
                 logger.log_hyperparams(flat)
                 client.log_text(run_id, config, "config.yaml")
@@ -208,16 +209,9 @@ class HwmCLI(LightningCLI):
                 cb.dirpath = os.path.join("checkpoints", str(run_id))
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-    elif isinstance(tree, list):
-        out[prefix[:-1]] = str(tree)[:500]
-    else:
-        out[prefix[:-1]] = tree
-    return out
+def _param_values(tree: Any) -> dict[str, Any]:
+    """The config's leaves as MLflow params: lists as (truncated) text, which MLflow's params must be."""
+    return {k: str(v)[:500] if isinstance(v, list) else v for k, v in flatten(tree).items()}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -508,8 +502,8 @@ def _shadowed(files: list[str], overrides: list[str], saved: dict[str, Any]) -> 
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue
-        from_files.update({plain(k): v for k, v in _flatten(loaded).items()})
-    from_saved = {plain(k): v for k, v in _flatten(saved).items()}
+        from_files.update({plain(k): v for k, v in flatten(loaded).items()})
+    from_saved = {plain(k): v for k, v in flatten(saved).items()}
     given = {plain(a[2:].split("=", 1)[0]) for a in overrides if a.startswith("--")}
     return [
         (k, v, from_saved[k])
