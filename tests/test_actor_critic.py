@@ -3,8 +3,8 @@ import torch
 from tensordict import TensorDict
 
 import hwm.actor_critic as ac_module
-from hwm.actor_critic import ActorCritic
-from hwm.world_model import WorldModel
+from hwm.actor_critic import ActionDist, ActorCritic
+from hwm.world_model import Starts, WorldModel
 
 B, T, H = 2, 4, 3
 DETER, STOCH, CLASSES = 16, 4, 4
@@ -16,21 +16,27 @@ TINY_AC = dict(units=32, layers=1, horizon=H)
 pytestmark = pytest.mark.usefixtures("one_torch_thread_seeded")
 
 
-def _setup(action_dim: int = 2, discrete: bool = False, **kwargs):
+def _setup(action_dim: int = 2, discrete: bool = False, terminal: torch.Tensor | None = None, **kwargs):
     wm = WorldModel((5,), action_dim, **TINY_WM)
     ac = ActorCritic(wm.rssm.feat_dim, action_dim, discrete, **{**TINY_AC, **kwargs})
-    nxt = {
-        "observation": torch.randn(B, T, 5),
-        "reward": torch.randn(B, T, 1),
-        "terminated": torch.zeros(B, T, 1),
-    }
-    batch = TensorDict({"action": torch.rand(B, T, action_dim) * 2 - 1, "next": nxt}, batch_size=[B, T])
+    is_first = torch.zeros(B, T, 1, dtype=torch.bool)
+    is_first[:, 0] = True
+    batch = TensorDict(
+        {
+            "observation": torch.randn(B, T, 5),
+            "action": torch.rand(B, T, action_dim) * 2 - 1,
+            "reward": torch.randn(B, T, 1),
+            "is_first": is_first,
+            "is_terminal": torch.zeros(B, T, 1, dtype=torch.bool) if terminal is None else terminal,
+        },
+        batch_size=[B, T],
+    )
     _, posterior, _ = wm.loss(batch)
     return wm, ac, posterior
 
 
-def _flat_start(posterior):
-    return tuple(s.detach().flatten(0, -2) for s in posterior)
+def _flat_start(posterior: Starts) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(s.detach().flatten(0, -2) for s in (posterior.deter, posterior.stoch))
 
 
 def _grads(module: torch.nn.Module) -> list[torch.Tensor | None]:
@@ -55,9 +61,8 @@ def test_imagination_shapes_and_action_range(discrete: bool) -> None:
     if discrete:
         index = actions.detach().argmax(-1)
         torch.testing.assert_close(actions.detach(), torch.nn.functional.one_hot(index, 3).float())
-    else:
-        assert actions.min() >= -1.0 and actions.max() <= 1.0
-        assert (actions.abs() == 1.0).any()  # the clip is exercised
+    else:  # DreamerV2's truncated normal: inside the bounds, never on them, however far out the mean is
+        assert actions.abs().max() < 1.0
 
 
 def test_continuous_actor_backpropagates_through_dynamics() -> None:
@@ -130,8 +135,9 @@ def test_imag_starts_subsamples_start_states(monkeypatch, imag_starts: int, expe
     ((deter, stoch),) = seen
     assert deter.shape == (expected, DETER) and stoch.shape == (expected, STOCH * CLASSES)
     # The starts are distinct rows of the posterior.
-    all_deter = posterior[0].detach().flatten(0, -2)
-    matches = (deter[:, None] == all_deter[None]).all(-1)
+    # (Rows that start episodes share their deter: the one after the initial state and a zero action.)
+    all_states = torch.cat(_flat_start(posterior), -1)
+    matches = (torch.cat([deter, stoch], -1)[:, None] == all_states[None]).all(-1)
     assert (matches.sum(1) == 1).all()
     assert len(set(matches.float().argmax(1).tolist())) == expected
 
@@ -213,3 +219,67 @@ def test_without_return_norm_the_range_stays_zero() -> None:
     wm, ac, posterior = _setup(return_norm=False)
     _, metrics = ac.loss(wm, posterior)
     assert ac.return_range.item() == 0.0 and metrics["return_scale"].item() == 1.0
+
+
+# -- terminal imagination starts ---------------------------------------------------------------------------
+
+
+def test_terminal_starts_get_zero_weight() -> None:
+    # Imagining from a game-over state trains on steps that never happen: DreamerV2/V3 weigh them 0.
+    all_terminal = torch.ones(B, T, 1, dtype=torch.bool)
+    wm, ac, posterior = _setup(terminal=all_terminal, actor_entropy=1e-2)
+    assert torch.equal(posterior.cont, torch.zeros(B, T))
+    losses, _ = ac.loss(wm, posterior)
+    assert losses["actor"].item() == 0.0 and losses["critic"].item() == 0.0
+    discount = torch.full((H, 4), 0.9)
+    weight = ActorCritic._weight(discount, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    torch.testing.assert_close(weight[:, 0], 0.9 ** torch.arange(H, dtype=torch.float32))
+    assert torch.equal(weight[:, 1], torch.zeros(H)) and torch.equal(weight[:, 0], weight[:, 2])
+
+
+# -- DreamerV2's truncated-normal actor ----------------------------------------------------------------------
+
+
+def _trunc(mean: float, raw_std: float, n: int = 1) -> ActionDist:
+    out = torch.tensor([[mean, raw_std]]).expand(n, 2)
+    return ActionDist(out, discrete=False, min_std=0.1)
+
+
+GRID = torch.linspace(-1.0, 1.0, 200_001)[1:-1]
+
+
+@pytest.mark.parametrize("mean,raw_std", [(0.0, 0.0), (2.0, 0.0), (-0.5, -4.0), (3.0, -8.0)])
+def test_truncated_normal_density_integrates_to_one(mean: float, raw_std: float) -> None:
+    dist = _trunc(mean, raw_std, GRID.numel())
+    logp = dist.log_prob(GRID.unsqueeze(-1))
+    assert logp.shape == GRID.shape
+    density = logp.double().exp()
+    assert torch.trapezoid(density, GRID.double()).item() == pytest.approx(1.0, abs=2e-3)
+    # Its entropy is -E[log p], by quadrature.
+    numeric = -torch.trapezoid(density * logp.double(), GRID.double()).item()
+    assert dist.entropy()[0].item() == pytest.approx(numeric, abs=5e-3)
+
+
+def test_truncated_normal_samples_stay_strictly_inside() -> None:
+    # An untrained actor (raw outputs ~0: std 1.1 around tanh(0)) explores with these; a clipped normal put
+    # about a third of them exactly on +-1.
+    for mean in (0.0, 1.5, 5.0):
+        x = _trunc(mean, 0.0, 100_000).sample()
+        assert x.shape == (100_000, 1)
+        assert (x.abs() < 1.0).all()
+    untrained = _trunc(0.0, 0.0, 100_000).sample()
+    assert (untrained.abs() > 0.999).float().mean() < 0.01
+    # The histogram follows the density: symmetric around 0 here, more mass near 0 than near the bounds.
+    assert abs(untrained.mean().item()) < 0.01
+    hist = torch.histc(untrained, bins=4, min=-1.0, max=1.0)
+    assert hist[1] > hist[0] and hist[2] > hist[3]
+
+
+def test_truncated_normal_rsample_carries_gradients_and_mode_is_the_mean() -> None:
+    out = torch.tensor([[0.3, 0.5], [-0.2, 1.0]], requires_grad=True)
+    dist = ActionDist(out, discrete=False, min_std=0.1)
+    dist.rsample().sum().backward()
+    assert out.grad is not None and (out.grad != 0).all()  # through the location and the scale
+    torch.testing.assert_close(dist.mode(), torch.tanh(out.detach()[:, :1]))
+    with torch.no_grad():
+        assert not dist.sample().requires_grad

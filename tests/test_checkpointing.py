@@ -10,7 +10,7 @@ import torch
 from tensordict import TensorDict
 
 from hwm.checkpoint_io import CheckpointError, atomic_torch_save, atomic_write, read_checkpoint
-from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
+from hwm.replay import add_rows, make_replay_buffer, sample_sequences
 from hwm.replay_archive import ReplayArchive
 from hwm.resume import config_changes, is_safe, split_changes
 
@@ -18,13 +18,14 @@ CAPACITY, SEQ = 12, 3
 
 
 def _steps(start: int, n: int, episode: int = 5) -> TensorDict:
-    """n transitions numbered from ``start`` in episodes of ``episode`` steps."""
+    """n replay rows numbered from ``start`` in episodes of ``episode`` rows."""
     idx = torch.arange(start, start + n)
     return TensorDict(
         {
             "action": idx.float().unsqueeze(-1),
-            ("next", "pixels"): (idx % 255).to(torch.uint8).view(-1, 1, 1, 1).expand(n, 3, 2, 2).clone(),
-            TRAJ_KEY: idx // episode,
+            "pixels": (idx % 255).to(torch.uint8).view(-1, 1, 1, 1).expand(n, 3, 2, 2).clone(),
+            "is_first": (idx % episode == 0).unsqueeze(-1),
+            "is_last": (idx % episode == episode - 1).unsqueeze(-1),
         },
         batch_size=[n],
     )
@@ -35,7 +36,7 @@ def _filled(sizes: list[int], archive_dir: Path | None = None) -> tuple:
     archive = ReplayArchive(buffer, CAPACITY)
     start, manifest = 0, []
     for n in sizes:
-        buffer.extend(_steps(start, n))
+        add_rows(buffer, _steps(start, n))
         start += n
         if archive_dir is not None:
             manifest = archive.save(archive_dir)
@@ -54,17 +55,18 @@ def test_archive_round_trip(tmp_path: Path, sizes: list[int]) -> None:
     assert restored.writer.state_dict() == buffer.writer.state_dict()
     n = len(buffer)
     original, copy = buffer.storage.get(torch.arange(n)), restored.storage.get(torch.arange(n))
-    for key in ("action", ("next", "pixels"), TRAJ_KEY):
+    for key in ("action", "pixels", "is_first", "is_last"):
         assert torch.equal(original.get(key), copy.get(key)), key
-    # Same storage layout and RNG -> the same sequences are sampled.
+    # Same storage layout, same windows and RNG -> the same sequences are sampled.
+    assert torch.equal(buffer.sampler.weights, restored.sampler.weights)
     torch.manual_seed(3)
     a = sample_sequences(buffer, 2, SEQ)
     torch.manual_seed(3)
     b = sample_sequences(restored, 2, SEQ)
     assert torch.equal(a["action"], b["action"])
     # Writing continues at the same ring position.
-    buffer.extend(_steps(sum(sizes), 2))
-    restored.extend(_steps(sum(sizes), 2))
+    add_rows(buffer, _steps(sum(sizes), 2))
+    add_rows(restored, _steps(sum(sizes), 2))
     assert torch.equal(
         buffer.storage.get(torch.arange(len(buffer)))["action"],
         restored.storage.get(torch.arange(len(restored)))["action"],

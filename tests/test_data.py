@@ -9,7 +9,7 @@ from hwm.actor_critic import ActorCritic
 from hwm.agent import HarmonyDreamAgent
 from hwm.data import ReplayDataModule
 from hwm.policy import STATE_KEYS
-from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
+from hwm.replay import add_rows, make_replay_buffer, sample_sequences, transitions_to_rows
 from hwm.world_model import WorldModel
 
 BATCH, SEQ, REPEAT, TIME_LIMIT = 2, 4, 2, 40  # episodes of 20 agent steps
@@ -53,15 +53,15 @@ def _build(
 def _check_batch(batch, obs_key: str, obs_shape: tuple[int, ...], dtype: torch.dtype) -> None:
     assert batch.batch_size == (BATCH, SEQ)
     assert batch["action"].shape == (BATCH, SEQ, 1)
-    obs = batch["next", obs_key]
+    obs = batch[obs_key]
     assert obs.shape == (BATCH, SEQ, *obs_shape) and obs.dtype == dtype
-    assert batch["next", "reward"].shape == (BATCH, SEQ, 1)
-    assert batch["next", "terminated"].shape == (BATCH, SEQ, 1)
-    assert batch["next", "terminated"].dtype == torch.bool
-    traj = batch[TRAJ_KEY]
-    assert (traj == traj[:, :1]).all(), "a sequence crosses an episode boundary"
+    assert batch["reward"].shape == (BATCH, SEQ, 1)
+    for flag in ("is_first", "is_last", "is_terminal"):
+        assert batch[flag].shape == (BATCH, SEQ, 1) and batch[flag].dtype == torch.bool
+    # DreamerV2's windows: each inside one episode, starting as one (the state before it is unknown).
+    assert batch["is_first"][:, 0].all() and not batch["is_first"][:, 1:].any()
     # An episode can only end at the last step of a sequence.
-    assert not batch["next", "done"][:, :-1].any()
+    assert not batch["is_last"][:, :-1].any()
 
 
 @pytest.mark.parametrize(
@@ -125,8 +125,8 @@ def test_pixel_stream() -> None:
     assert len(batches) == (30 - 10) * 1
     for batch in batches:
         _check_batch(batch, "pixels", (3, 64, 64), torch.uint8)
-        assert "observation" not in batch["next"].keys()
-    assert batches[-1]["next", "pixels"].float().std() > 0  # real pictures, not zeros
+        assert "observation" not in batch.keys()
+    assert batches[-1]["pixels"].float().std() > 0  # real pictures, not zeros
     losses, _, _ = agent.world_model.loss(batches[0])
     assert all(torch.isfinite(v) for v in losses.values())
     assert dm.counters["env_frames"] == 60
@@ -224,58 +224,151 @@ def test_evaluate_without_episodes_is_nan() -> None:
     dm.teardown("fit")
 
 
-# -- the replay buffer on synthetic trajectories --------------------------------------------------------------
+# -- the replay buffer on synthetic episodes ------------------------------------------------------------------
 
 
-def _synthetic(lengths: list[int], first_id: int = 0) -> TensorDict:
-    traj = torch.cat([torch.full((n,), first_id + i) for i, n in enumerate(lengths)])
+def _rows(lengths: list[int], first_id: int = 0, *, last_open: bool = False) -> TensorDict:
+    """Rows of episodes with ``lengths`` rows each (reset row included): obs = episode * 100 + step."""
+    episode = torch.cat([torch.full((n,), first_id + i) for i, n in enumerate(lengths)])
     step = torch.cat([torch.arange(n) for n in lengths])
+    is_last = torch.cat([torch.arange(n) == n - 1 for n in lengths])
+    if last_open:  # the last episode is still being collected
+        is_last[-1] = False
     return TensorDict(
-        {"obs": (traj * 100 + step).float().unsqueeze(-1), "collector": {"traj_ids": traj}},
-        batch_size=[len(traj)],
+        {
+            "obs": (episode * 100 + step).float().unsqueeze(-1),
+            "is_first": (step == 0).unsqueeze(-1),
+            "is_last": is_last.unsqueeze(-1),
+        },
+        batch_size=[len(step)],
     )
 
 
-def _check_sequences(seq: TensorDict, short: set[int]) -> None:
-    traj, obs = seq[TRAJ_KEY], seq["obs"].squeeze(-1)
-    assert (traj == traj[:, :1]).all()
-    assert (obs.diff(dim=1) == 1).all(), "steps of a sequence are not consecutive"
-    assert torch.equal(torch.div(obs, 100, rounding_mode="floor").long(), traj)
-    assert not set(traj[:, 0].tolist()) & short
+def _starts(buffer, draws: int) -> torch.Tensor:
+    """The obs value of the first row of ``draws`` sampled windows (64 a batch), each window checked."""
+    out = []
+    for _ in range(draws // 64):
+        window = sample_sequences(buffer, 64, SEQ)["obs"].squeeze(-1)
+        assert (window.diff(dim=1) == 1).all(), "steps of a window are not consecutive rows"
+        out.append(window[:, 0])
+    return torch.cat(out)
 
 
-def test_replay_never_crosses_and_skips_short_trajectories() -> None:
-    lengths = [2, 6, 3, 8, 1, 5]
-    short = {i for i, n in enumerate(lengths) if n < SEQ}
-    buffer = make_replay_buffer(capacity=100, batch_size=8, seq_len=SEQ)
-    buffer.extend(_synthetic(lengths))
-    seen = set()
-    for _ in range(30):
-        seq = sample_sequences(buffer, 8, SEQ)
-        assert seq.batch_size == (8, SEQ)
-        _check_sequences(seq, short)
-        seen |= set(seq[TRAJ_KEY][:, 0].tolist())
-    assert seen == {1, 3, 5}
+def test_windows_stay_inside_episodes_and_are_uniform_over_windows() -> None:
+    lengths = [2, 6, 3, 12, 1, 5]  # rows per episode; 4, 2 windows of 4 in episodes 1, 3 (none elsewhere)
+    buffer = make_replay_buffer(capacity=100, batch_size=64, seq_len=SEQ, ongoing=True)
+    add_rows(buffer, _rows(lengths))
+    starts = _starts(buffer, 64 * 300)
+    valid = [100 + k for k in range(3)] + [300 + k for k in range(9)] + [500, 501]
+    assert set(starts.tolist()) == set(valid)
+    # Every window as likely as any other, so the long episode gets 9/14 of the draws, not 1/3 (as
+    # picking an episode first would): each short episode's steps are not over-sampled.
+    freq = torch.tensor([(starts == v).float().mean().item() for v in valid])
+    assert (freq - 1 / len(valid)).abs().max() < 0.012  # ~4.5 standard deviations at 19,200 draws
+    seq = sample_sequences(buffer, 64, SEQ)
+    assert seq["is_first"][:, 0].all() and not seq["is_first"][:, 1:].any()
 
 
-def test_replay_after_the_storage_wraps() -> None:
-    buffer = make_replay_buffer(capacity=12, batch_size=8, seq_len=SEQ)
-    buffer.extend(_synthetic([8]))
-    # Positions 8-9 hold trajectory 1, 10-11 and (wrapping) 0-4 trajectory 2: only 3 steps of trajectory 0 are
-    # left, so trajectory 2, split across the end of the storage, is the only one long enough.
-    buffer.extend(_synthetic([2, 7], first_id=1))
+def test_stream_windows_sample_every_step_equally_and_cross_episodes() -> None:
+    # DreamerV3's replay: windows over the whole stream, across episode boundaries.
+    lengths = [3, 7, 2, 9, 5, 6]
+    rows = _rows(lengths)
+    buffer = make_replay_buffer(capacity=100, batch_size=64, seq_len=SEQ, cross_episodes=True, ongoing=True)
+    add_rows(buffer, rows)
+    n = len(rows)
+    counts = torch.zeros(n)
+    crossed = 0
+    for _ in range(400):
+        seq = sample_sequences(buffer, 64, SEQ)
+        index = seq["obs"].squeeze(-1)
+        position = [int((rows["obs"].squeeze(-1) == v).nonzero()) for v in index.flatten().tolist()]
+        counts += torch.bincount(torch.tensor(position), minlength=n)
+        assert seq["is_first"][:, 0].all()  # forced at every window's start
+        crossed += int(seq["is_first"][:, 1:].any(1).sum())
+    assert crossed > 0  # some windows hold an episode start inside, which resets the model's state there
+    # Each stored step is in SEQ windows (except the stream's first and last SEQ - 1): equally often.
+    inner = counts[SEQ - 1 : n - SEQ + 1]
+    share = inner / counts.sum()
+    expected = SEQ / (SEQ * (n - SEQ + 1))
+    assert ((share - expected).abs() / expected).max() < 0.1  # within 10% (each ~5,000 draws)
+
+
+def test_ends_priority_weighs_the_episode_ending_window() -> None:
+    # DreamerV2's prioritize_ends: the last window of an episode counts 1 + E times.
+    buffer = make_replay_buffer(capacity=100, batch_size=64, seq_len=SEQ, ends_priority=10.0)
+    add_rows(buffer, _rows([10, 10]))  # 7 windows each; the ending ones start at step 6
+    starts = _starts(buffer, 64 * 200)
+    ending = ((starts == 6) | (starts == 106)).float().mean().item()
+    assert ending == pytest.approx(2 * 11 / (14 + 2 * 10), abs=0.02)
+
+
+def test_only_finished_episodes_are_replayed_unless_ongoing() -> None:
+    buffer = make_replay_buffer(capacity=100, batch_size=64, seq_len=SEQ)  # DreamerV2: ongoing=False
+    add_rows(buffer, _rows([10, 6], last_open=True))
+    assert {int(v) // 100 for v in _starts(buffer, 64 * 5)} == {0}
+    rest = _rows([9], first_id=1)[6:]  # episode 1 goes on to its end
+    add_rows(buffer, rest)
+    assert {int(v) // 100 for v in _starts(buffer, 64 * 10)} == {0, 1}
+    empty = make_replay_buffer(capacity=100, batch_size=64, seq_len=SEQ)
+    add_rows(empty, _rows([10], last_open=True))
+    assert empty.sampler.windows == 0
+    with pytest.raises(RuntimeError, match="no complete sequence"):
+        sample_sequences(empty, 64, SEQ)
+
+
+def test_windows_after_the_storage_wraps() -> None:
+    buffer = make_replay_buffer(capacity=12, batch_size=64, seq_len=SEQ, ongoing=True)
+    add_rows(buffer, _rows([8]))
+    # Rows 8-9 hold episode 1, 10-11 and (wrapping) 0-4 episode 2: the 3 rows left of episode 0 are too few
+    # and its first is gone, so episode 2, split across the end of the storage, is the only one drawn.
+    add_rows(buffer, _rows([2, 7], first_id=1))
     assert len(buffer) == 12
-    seen = set()
-    for _ in range(20):
-        seq = sample_sequences(buffer, 8, SEQ)
-        _check_sequences(seq, short={0, 1})
-        seen |= set(seq["obs"][:, 0, 0].tolist())
-    assert seen == {200.0, 201.0, 202.0, 203.0}  # every start of trajectory 2, including across the wrap
+    starts = _starts(buffer, 64 * 4)
+    assert set(starts.tolist()) == {200.0, 201.0, 202.0, 203.0}  # every start, including across the wrap
+
+
+def test_restored_weights_equal_the_recorded_ones() -> None:
+    rows = _rows([7, 3, 9, 6, 8], last_open=True)
+    for kwargs in ({}, {"ongoing": True, "ends_priority": 5.0}, {"cross_episodes": True, "ongoing": True}):
+        live = make_replay_buffer(capacity=20, batch_size=2, seq_len=SEQ, **kwargs)
+        for chunk in rows.split(5):  # as collected, a few rows at a time
+            add_rows(live, chunk)
+        again = make_replay_buffer(capacity=20, batch_size=2, seq_len=SEQ, **kwargs).sampler
+        again.reset(start=len(rows) - 20)  # a restore sees the last `capacity` rows only
+        again.record(rows["is_first"][-20:], rows["is_last"][-20:])
+        assert torch.equal(again.weights, live.sampler.weights), kwargs
 
 
 def test_replay_rejects_a_capacity_below_one_sequence() -> None:
     with pytest.raises(ValueError, match="capacity"):
         make_replay_buffer(capacity=3, batch_size=2, seq_len=4)
+
+
+def test_transitions_become_rows_with_the_reset_observation() -> None:
+    # Two transitions of an episode's end, then a new episode starts (is_init at its root).
+    obs = torch.tensor([[1.0], [2.0], [10.0]])
+    nxt = torch.tensor([[2.0], [3.0], [11.0]])
+    data = TensorDict(
+        {
+            "observation": obs,
+            "action": torch.tensor([[0.1], [0.2], [0.3]]),
+            "is_init": torch.tensor([[False], [False], [True]]),
+            "next": {
+                "observation": nxt,
+                "reward": torch.tensor([[1.0], [2.0], [3.0]]),
+                "done": torch.tensor([[False], [True], [False]]),
+                "terminated": torch.tensor([[False], [True], [False]]),
+            },
+        },
+        batch_size=[3],
+    )
+    rows = transitions_to_rows(data, "observation")
+    assert rows["observation"].squeeze(-1).tolist() == [2.0, 3.0, 10.0, 11.0]
+    assert rows["action"].squeeze(-1).tolist() == pytest.approx([0.1, 0.2, 0.0, 0.3])
+    assert rows["reward"].squeeze(-1).tolist() == [1.0, 2.0, 0.0, 3.0]
+    assert rows["is_first"].squeeze(-1).tolist() == [False, False, True, False]
+    assert rows["is_last"].squeeze(-1).tolist() == [False, True, False, False]
+    assert rows["is_terminal"].squeeze(-1).tolist() == [False, True, False, False]
 
 
 def test_sequences_longer_than_an_episode_are_rejected_up_front() -> None:

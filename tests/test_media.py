@@ -37,8 +37,8 @@ def _grid(wm: WorldModel, obs: torch.Tensor, action: torch.Tensor) -> np.ndarray
 
 def test_open_loop_imagines_from_actions_after_the_context(one_torch_thread_seeded) -> None:
     wm = _model()
-    obs = torch.randint(0, 256, (T, 3, 64, 64), dtype=torch.uint8)
-    action = torch.rand(T, A) * 2 - 1
+    obs = torch.randint(0, 256, (T, 3, 64, 64), dtype=torch.uint8)  # o_0 (the reset) .. o_{T-1}
+    action = torch.rand(T - 1, A) * 2 - 1
     grid = _grid(wm, obs, action)
     assert grid.shape == (T, 64, 3 * 64, 3) and grid.dtype == np.uint8
     assert np.array_equal(grid[:, :, :64], obs.permute(0, 2, 3, 1).numpy())  # left: the real frames
@@ -61,5 +61,5 @@ def test_render_evaluation_writes_gifs(tmp_path: Path, one_torch_thread_seeded) 
     assert [p.name for p in paths] == ["eval_episode_000000800.gif", "open_loop_000000800.gif"]
     with Image.open(paths[0]) as im:
         assert im.n_frames == T + 1 and im.size == (128, 128)
-    with Image.open(paths[1]) as im:
-        assert im.n_frames == T and im.size == (384, 128)
+    with Image.open(paths[1]) as im:  # the reset frame on: the replay's steps start there too
+        assert im.n_frames == T + 1 and im.size == (384, 128)

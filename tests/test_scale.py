@@ -63,7 +63,8 @@ def test_ddp_two_processes_then_resume(tmp_path: Path, mlflow_db_template: Path)
     assert first["hwm"]["updates"] == 30
     assert len(data["ranks"]) == 2
     writes = [r["replay"]["write_count"] for r in data["ranks"]]
-    assert writes == [50, 50]  # each process holds its own 50 transitions
+    # Each process holds its own 50 steps, plus the reset observation of each of its 3 episodes (20 steps each).
+    assert writes == [53, 53]
     files = {c["file"].split("/")[1] for r in data["ranks"] for c in r["replay"]["chunks"]}
     assert files == {"rank0", "rank1"}
 

@@ -266,7 +266,11 @@ def test_atari_discrete_actions_through_collector_replay_and_model() -> None:
     for batch in batches:
         action = batch["action"]
         assert action.shape == (2, 4, 18)
-        assert torch.all(action.sum(-1) == 1) and set(action.unique().tolist()) <= {0, 1}
+        # One-hot, except at an episode's reset observation, which no action led to (zeros); is_first is
+        # set there (and at the first step of every window).
+        total, first = action.sum(-1), batch["is_first"].squeeze(-1)
+        assert set(action.unique().tolist()) <= {0, 1} and set(total.unique().tolist()) <= {0, 1}
+        assert torch.all(first[total == 0]) and torch.all(total[~first] == 1)
         losses, posterior, _ = agent.world_model.loss(batch)
         assert all(torch.isfinite(v) for v in losses.values())
     metrics = dm.pop_metrics()

@@ -30,12 +30,18 @@ def _batch(obs_shape: tuple[int, ...], b: int = B, t: int = T) -> TensorDict:
         key, obs = "pixels", torch.randint(0, 256, (b, t, *obs_shape), dtype=torch.uint8)
     else:
         key, obs = "observation", 100 * torch.randn(b, t, *obs_shape)
-    nxt = {
-        key: obs,
-        "reward": 50 * torch.randn(b, t, 1),
-        "terminated": torch.zeros(b, t, 1, dtype=torch.bool),
-    }
-    return TensorDict({"action": torch.rand(b, t, A) * 2 - 1, "next": nxt}, batch_size=[b, t])
+    is_first = torch.zeros(b, t, 1, dtype=torch.bool)
+    is_first[:, 0] = True
+    return TensorDict(
+        {
+            key: obs,
+            "action": torch.rand(b, t, A) * 2 - 1,
+            "reward": 50 * torch.randn(b, t, 1),
+            "is_first": is_first,
+            "is_terminal": torch.zeros(b, t, 1, dtype=torch.bool),
+        },
+        batch_size=[b, t],
+    )
 
 
 # -- symlog / symexp ------------------------------------------------------------------------------------------
@@ -181,8 +187,9 @@ def test_world_model_v3_loss(obs_shape) -> None:
         assert wm.decoder(torch.zeros(2, wm.rssm.feat_dim)).shape == (2, 3, 64, 64)
     assert any(isinstance(m, torch.nn.LayerNorm) for m in wm.modules())
     assert any(isinstance(m, torch.nn.SiLU) for m in wm.modules())
-    losses, (deter, stoch), metrics = wm.loss(_batch(obs_shape))
+    losses, (deter, stoch, _), metrics = wm.loss(_batch(obs_shape))
     assert set(losses) == {"obs", "reward", "dynamics", "continue"}
+    assert wm.rssm.initial_deter is not None  # DreamerV3's learned initial state
     assert all(torch.isfinite(v) and v.requires_grad for v in losses.values())
     assert deter.shape == (B, T, 16) and stoch.shape == (B, T, 16)
     # The KL task keeps dynamics : representation at 5 : 1 with unit total weight.
@@ -272,6 +279,33 @@ def test_v3_harmonizer_weights(mode: str) -> None:
         assert total.item() == pytest.approx(plain.item(), rel=1e-5)
     else:  # sigma = 1 at start: each task at weight 1 plus log 2, the KL pair sharing one harmonizer 5:1
         kl_task = (0.5 / 0.6) * dyn + (0.1 / 0.6) * rep
-        expected = losses["obs"] + losses["reward"] + kl_task + 3 * math.log(2)
+        # The authors' Atari code weighs the KL harmonizer's regulariser by 0.5/0.6 too.
+        expected = losses["obs"] + losses["reward"] + kl_task + (2 + 5 / 6) * math.log(2)
         assert total.item() == pytest.approx(expected.item(), rel=1e-5)
         assert agent.harmonizer.log_sigma.shape == (3,)  # obs, reward, and one for the KL pair
+
+
+def test_v3_harmonized_kl_term_as_the_authors_weigh_it() -> None:
+    # dreamerv3-jax: harmony(dyn) * 0.5/0.6 + harmony(rep, no regulariser) * 0.1/0.6, harmony(L, reg) =
+    # L / e^s + reg * log(e^s + 1): at any s, the KL task's share of the harmonized total.
+    agent = HarmonyDreamAgent(
+        ENV,
+        base="dreamerv3",
+        world_model=lambda obs, act: WorldModelV3(obs, act, **TINY),
+        actor_critic=lambda f, a, d: ActorCriticV3(f, a, d, units=16, layers=1),
+    )
+    with torch.no_grad():
+        agent.harmonizer.log_sigma.copy_(torch.tensor([0.3, -0.7, 1.2]))
+    losses, _, metrics = agent.world_model.loss(_batch(STATES))
+    zeros = {k: torch.zeros(()) for k in ("obs", "reward")}
+    total, _ = agent.harmonizer({**zeros, "dynamics": losses["dynamics"]})
+    s = 1.2
+    harmony = lambda loss, reg=True: loss / math.exp(s) + (math.log(math.exp(s) + 1) if reg else 0.0)  # noqa: E731
+    dyn, rep = metrics["kl_dyn"].item(), metrics["kl_rep"].item()
+    authors = harmony(dyn) * 0.5 / 0.6 + harmony(rep, False) * 0.1 / 0.6
+    others = math.log(1 + math.exp(0.3)) + math.log(1 + math.exp(-0.7))  # the zero losses' regularisers
+    assert total.item() == pytest.approx(authors + others, rel=1e-5)
+    # Its optimum: weight 1/sigma* = 0.541 for a KL task of 1 nat (0.618 with the full regulariser).
+    c, L = 5 / 6, 1.0
+    sigma = (L + math.sqrt(L * L + 4 * c * L)) / (2 * c)
+    assert 1 / sigma == pytest.approx(0.541, abs=1e-3)

@@ -5,7 +5,9 @@ import torch
 from tensordict import TensorDict
 
 from hwm.rssm import RSSM, sample_straight_through
-from hwm.world_model import TASKS, WorldModel
+from hwm.world_model import WorldModel
+
+TASKS = (*WorldModel.HARMONIZED, "continue")
 
 B, T, A = 2, 4, 2
 DETER, STOCH, CLASSES = 16, 4, 4
@@ -18,12 +20,23 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread_seeded")
 
 
 def _batch(obs_shape: tuple[int, ...], *, terminated: bool = False, b: int = B, t: int = T) -> TensorDict:
+    """Replayed steps in the replay's layout: o_t, a_{t-1}, r_t and flags; each window starts an episode."""
     if len(obs_shape) == 3:
         key, obs = "pixels", torch.randint(0, 256, (b, t, *obs_shape), dtype=torch.uint8)
     else:
         key, obs = "observation", torch.randn(b, t, *obs_shape)
-    nxt = {key: obs, "reward": torch.randn(b, t, 1), "terminated": torch.full((b, t, 1), terminated)}
-    return TensorDict({"action": torch.rand(b, t, A) * 2 - 1, "next": nxt}, batch_size=[b, t])
+    is_first = torch.zeros(b, t, 1, dtype=torch.bool)
+    is_first[:, 0] = True
+    return TensorDict(
+        {
+            key: obs,
+            "action": torch.rand(b, t, A) * 2 - 1,
+            "reward": torch.randn(b, t, 1),
+            "is_first": is_first,
+            "is_terminal": torch.full((b, t, 1), terminated),
+        },
+        batch_size=[b, t],
+    )
 
 
 def _model(obs_shape, **kwargs) -> WorldModel:
@@ -34,8 +47,9 @@ def _model(obs_shape, **kwargs) -> WorldModel:
 def test_loss_terms_and_posterior_shapes(obs_shape) -> None:
     wm = _model(obs_shape)
     assert wm.pixels == (len(obs_shape) == 3)
-    losses, (deter, stoch), metrics = wm.loss(_batch(obs_shape))
+    losses, (deter, stoch, cont), metrics = wm.loss(_batch(obs_shape))
     assert set(losses) == {"obs", "reward", "dynamics", "continue"} == set(TASKS)
+    assert torch.equal(cont, torch.ones(B, T))  # nothing terminal in this batch
     for name, value in losses.items():
         assert value.shape == (), name
         assert torch.isfinite(value), name
@@ -92,16 +106,23 @@ def test_without_continue_head() -> None:
     assert prob.shape == (3, 5, 1) and ((prob > 0) & (prob < 1)).all() and prob.std() > 0
 
 
+def _first(b: int = B, t: int = T, *at: int) -> torch.Tensor:
+    is_first = torch.zeros(b, t, 1, dtype=torch.bool)
+    is_first[:, list(at) or [0]] = True
+    return is_first
+
+
 def test_observe_equals_manual_obs_steps() -> None:
     rssm = RSSM(action_dim=A, embed_dim=7, deter=DETER, hidden=16, stoch=STOCH, classes=CLASSES)
     embed, action = torch.randn(B, T, 7), torch.randn(B, T, A)
+    is_first = _first(B, T, 0, 2)
     torch.manual_seed(123)
-    out = rssm.observe(embed, action)
+    out = rssm.observe(embed, action, is_first)
     torch.manual_seed(123)
     state = rssm.initial((B,), embed.device, embed.dtype)
     deters, stochs, posts = [], [], []
     for t in range(T):
-        state, logits = rssm.obs_step(state, action[:, t], embed[:, t])
+        state, logits = rssm.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
         deters.append(state[0])
         stochs.append(state[1])
         posts.append(logits)
@@ -112,15 +133,59 @@ def test_observe_equals_manual_obs_steps() -> None:
     assert out["post_logits"].shape == out["prior_logits"].shape == (B, T, STOCH, CLASSES)
     # The deterministic path depends on the samples: another seed gives another trajectory.
     torch.manual_seed(321)
-    other = rssm.observe(embed, action)
-    assert not torch.allclose(other["deter"][:, 1:], out["deter"][:, 1:])
-    torch.testing.assert_close(other["deter"][:, 0], out["deter"][:, 0])  # step 0 starts from zeros
+    other = rssm.observe(embed, action, is_first)
+    assert not torch.allclose(other["deter"][:, 1], out["deter"][:, 1])
+    # Steps 0 and 2 start episodes: from the initial state and a zero action, whatever came before.
+    for t in (0, 2):
+        torch.testing.assert_close(other["deter"][:, t], out["deter"][:, t])
+
+
+def test_is_first_resets_state_and_action_per_step() -> None:
+    rssm = RSSM(action_dim=A, embed_dim=7, deter=DETER, hidden=16, stoch=STOCH, classes=CLASSES)
+    embed, action = torch.randn(B, T, 7), torch.randn(B, T, A)
+    is_first = _first(B, T, 0, 2)
+    torch.manual_seed(5)
+    out = rssm.observe(embed, action, is_first)
+    # Other inputs before step 2 and another action at step 2 itself change nothing from step 2 on...
+    embed2, action2 = embed.clone(), action.clone()
+    embed2[:, :2], action2[:, :3] = torch.randn(B, 2, 7), torch.randn(B, 3, A)
+    torch.manual_seed(5)  # the same draws (their number does not depend on the inputs)
+    other = rssm.observe(embed2, action2, is_first)
+    for key in ("post_logits", "stoch"):
+        torch.testing.assert_close(other[key][:, 2], out[key][:, 2])
+    torch.testing.assert_close(other["deter"][:, 3], out["deter"][:, 3])
+    # ...which a sequence starting at step 2 sees the same way.
+    alone = rssm.observe(embed[:, 2:], action[:, 2:], _first(B, T - 2))
+    torch.testing.assert_close(alone["post_logits"][:, 0], out["post_logits"][:, 2])
+    # Without the flag, the past matters.
+    torch.manual_seed(5)
+    carried = rssm.observe(embed2, action2, _first(B, T))
+    assert not torch.allclose(carried["post_logits"][:, 2], out["post_logits"][:, 2])
+
+
+def test_learned_initial_state() -> None:
+    rssm = RSSM(
+        action_dim=A, embed_dim=7, deter=DETER, hidden=16, stoch=STOCH, classes=CLASSES, learned_initial=True
+    )
+    deter, stoch = rssm.initial((3,), torch.device("cpu"), torch.float32)
+    assert torch.equal(deter, torch.zeros(3, DETER))  # tanh(0): where the zero state is, at first
+    per_cat = stoch.unflatten(-1, (STOCH, CLASSES))
+    torch.testing.assert_close(per_cat.sum(-1), torch.ones(3, STOCH))  # the prior's mode, one-hot
+    with torch.no_grad():
+        rssm.initial_deter.fill_(0.5)
+    deter, _ = rssm.initial((3,), torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(deter, torch.full((3, DETER), math.tanh(0.5)))
+    # It is trained: the loss of an observed sequence reaches it.
+    out = rssm.observe(torch.randn(B, T, 7), torch.randn(B, T, A), _first(B, T, 0, 2))
+    out["deter"].sum().backward()
+    assert rssm.initial_deter.grad is not None and rssm.initial_deter.grad.abs().sum() > 0
+    assert RSSM(action_dim=A, embed_dim=7, deter=DETER).initial_deter is None
 
 
 def test_observe_rejects_mismatched_action() -> None:
     rssm = RSSM(action_dim=A, embed_dim=7, deter=DETER, hidden=16, stoch=STOCH, classes=CLASSES)
     with pytest.raises(AssertionError, match="action"):
-        rssm.observe(torch.randn(B, T, 7), torch.randn(B, T + 1, A))
+        rssm.observe(torch.randn(B, T, 7), torch.randn(B, T + 1, A), _first())
 
 
 def test_straight_through_samples_are_one_hot_with_gradient() -> None:
@@ -186,6 +251,13 @@ def test_wrong_action_and_reward_shapes_are_reported() -> None:
     with pytest.raises(AssertionError, match="action"):
         wm.loss(batch)
     batch = _batch(STATES)
-    batch["next", "reward"] = torch.zeros(B, T, 2)
+    batch["reward"] = torch.zeros(B, T, 2)
     with pytest.raises(AssertionError, match="reward"):
         wm.loss(batch)
+
+
+def test_a_sequence_must_start_an_episode() -> None:
+    batch = _batch(STATES)
+    batch["is_first"][:, 0] = False
+    with pytest.raises(AssertionError, match="is_first"):
+        _model(STATES).loss(batch)

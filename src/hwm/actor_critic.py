@@ -8,19 +8,26 @@ from typing import ClassVar, Literal
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.distributions import Normal, OneHotCategorical
+from torch.distributions import Distribution, Normal, OneHotCategorical
+from torchrl.modules import TruncatedNormal
 
 from hwm.losses import lambda_return, unimix_logits
 from hwm.networks import mlp
-from hwm.rssm import State
-from hwm.world_model import WorldModel
+from hwm.world_model import Starts, WorldModel
+
+# DreamerV2 keeps truncated-normal samples this far inside [-1, 1] (straight-through), so no action is
+# exactly on a bound, where the density's log would be -inf.
+TRUNC_MARGIN = 1e-6
 
 
 class ActionDist:
     """Actions in [-1, 1] (continuous) or one-hot (discrete), with rsample, log_prob, entropy and mode.
 
-    Continuous std: DreamerV2's 2 sigmoid(x/2) + min_std, or with ``max_std`` DreamerV3's
-    (max_std - min_std) sigmoid(x + 2) + min_std. ``unimix`` mixes a uniform share into discrete actions.
+    Continuous actions are DreamerV2's truncated normal on [-1, 1] around tanh(mean) with std
+    2 sigmoid(x/2) + min_std (sampled by inverse CDF, TorchRL's ``TruncatedNormal``), or with ``max_std``
+    DreamerV3's normal around tanh(mean) with std (max_std - min_std) sigmoid(x + 2) + min_std, whose
+    samples are clipped to [-1, 1] (straight-through) as the env would clip them. ``unimix`` mixes a
+    uniform share into discrete actions.
     """
 
     def __init__(
@@ -33,18 +40,20 @@ class ActionDist:
         unimix: float = 0.0,
     ) -> None:
         self.discrete = discrete
+        self.truncated = not discrete and max_std is None
         out = out.float()
+        self.dist: Distribution
         if discrete:
             self.dist = OneHotCategorical(logits=unimix_logits(out, unimix), validate_args=False)
         else:
             mean, std = out.chunk(2, -1)
-            if max_std is None:
+            self.loc = torch.tanh(mean)
+            if self.truncated:
                 std = 2.0 * torch.sigmoid(std / 2.0) + min_std
+                self.dist = TruncatedNormal(self.loc, std, low=-1.0, high=1.0)
             else:
                 std = (max_std - min_std) * torch.sigmoid(std + 2.0) + min_std
-            # Samples are clipped with straight-through gradients instead of truncated, which keeps rsample
-            # cheap and the entropy analytic.
-            self.dist = Normal(torch.tanh(mean), std, validate_args=False)
+                self.dist = Normal(self.loc, std, validate_args=False)
 
     def rsample(self) -> Tensor:
         if self.discrete:
@@ -52,7 +61,8 @@ class ActionDist:
             probs = self.dist.probs
             return sample + probs - probs.detach()
         x = self.dist.rsample()
-        return x + (x.clamp(-1.0, 1.0) - x).detach()
+        bound = 1.0 - TRUNC_MARGIN if self.truncated else 1.0
+        return x + (x.clamp(-bound, bound) - x).detach()
 
     def sample(self) -> Tensor:
         with torch.no_grad():
@@ -66,17 +76,18 @@ class ActionDist:
         if self.discrete:
             idx = self.dist.probs.argmax(-1)
             return nn.functional.one_hot(idx, self.dist.probs.shape[-1]).float()
-        return self.dist.mean
+        # The truncated normal's mode is its location clamped to the bounds; tanh keeps it inside already.
+        return self.loc
 
     def log_prob(self, action: Tensor) -> Tensor:
-        if self.discrete:
-            return self.dist.log_prob(action)
-        return self.dist.log_prob(action).sum(-1)
+        """Log-density of each action, summed over its dimensions ([...])."""
+        logp = self.dist.log_prob(action)
+        # TorchRL's TruncatedNormal is already independent over the action's dimensions.
+        return logp if self.discrete or self.truncated else logp.sum(-1)
 
     def entropy(self) -> Tensor:
-        if self.discrete:
-            return self.dist.entropy()
-        return self.dist.entropy().sum(-1)
+        ent = self.dist.entropy()
+        return ent if self.discrete or self.truncated else ent.sum(-1)
 
 
 class ReturnNorm(nn.Module):
@@ -188,7 +199,9 @@ class ActorCritic(L.LightningModule):
     def action_dist(self, feat: Tensor) -> ActionDist:
         return ActionDist(self.actor(feat), discrete=self.discrete, min_std=self.min_std)
 
-    def imagine(self, world_model: WorldModel, start: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def imagine(
+        self, world_model: WorldModel, start: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Rolls the prior forward ``horizon`` steps from ``start`` ([N, ...]).
 
         Returns feats [H+1, N, F], actions [H, N, A], and the entropy and log-probability [H, N] of each
@@ -208,25 +221,33 @@ class ActorCritic(L.LightningModule):
         log_prob = torch.stack(log_probs) if log_probs else torch.zeros(0)
         return torch.stack(feats), torch.stack(actions), torch.stack(entropies), log_prob
 
-    def _starts(self, start: State) -> State:
+    def _starts(self, start: Starts) -> Starts:
         """Detached, flattened posterior states, subsampled to ``imag_starts``."""
-        deter, stoch = (s.detach().flatten(0, -2) for s in start)
+        deter, stoch = (s.detach().flatten(0, -2) for s in (start.deter, start.stoch))
+        cont = start.cont.detach().flatten().to(deter.dtype)
         if self.imag_starts and deter.shape[0] > self.imag_starts:
             idx = torch.randperm(deter.shape[0], device=deter.device)[: self.imag_starts]
-            deter, stoch = deter[idx], stoch[idx]
-        return deter, stoch
+            deter, stoch, cont = deter[idx], stoch[idx], cont[idx]
+        return Starts(deter, stoch, cont)
 
-    def loss(self, world_model: WorldModel, start: State) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    @staticmethod
+    def _weight(discount: Tensor, start_cont: Tensor) -> Tensor:
+        """How much each imagined step counts: the product of the continue probabilities before it, times
+        the start's own (0 for a terminal start: nothing imagined from it is real)."""
+        with torch.no_grad():
+            before = torch.cat([start_cont.float().unsqueeze(0), discount[:-1]])
+            return torch.cumprod(before, 0)
+
+    def loss(self, world_model: WorldModel, start: Starts) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Actor and critic losses from imagination starting at (detached) posterior states."""
-        deter, stoch = self._starts(start)
+        deter, stoch, start_cont = self._starts(start)
         with world_model.frozen():
             feats, actions, entropy, log_prob = self.imagine(world_model, (deter, stoch))
             reward = world_model.reward(feats[1:])
             discount = self.discount * world_model.continue_prob(feats[1:]).squeeze(-1)
         value = self.slow_critic(feats).float().squeeze(-1)
         target = lambda_return(reward, value, discount, lambda_=self.lambda_)  # [H, N]
-        with torch.no_grad():
-            weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0)
+        weight = self._weight(discount, start_cont)
 
         if self.return_norm:
             self.retnorm.update(target)

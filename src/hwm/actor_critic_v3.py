@@ -16,8 +16,7 @@ from torch import Tensor, nn
 from hwm.actor_critic import ActionDist, ActorCritic
 from hwm.losses import TwoHot, lambda_return
 from hwm.networks import frozen
-from hwm.rssm import State
-from hwm.world_model import WorldModel
+from hwm.world_model import Starts, WorldModel
 
 CRITIC_BINS = 255
 
@@ -106,9 +105,9 @@ class ActorCriticV3(ActorCritic):
             unimix=self.unimix,
         )
 
-    def loss(self, world_model: WorldModel, start: State) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def loss(self, world_model: WorldModel, start: Starts) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Actor and critic losses from imagination starting at (detached) posterior states."""
-        deter, stoch = self._starts(start)
+        deter, stoch, start_cont = self._starts(start)
         with world_model.frozen():
             feats, actions, entropy, log_prob = self.imagine(world_model, (deter, stoch))
             reward = world_model.reward(feats[1:])
@@ -118,8 +117,7 @@ class ActorCriticV3(ActorCritic):
         with frozen(self.critic):
             value = self.twohot.mean(self.critic(feats))  # [H+1, N]
         target = lambda_return(reward, value, discount, lambda_=self.lambda_)  # [H, N]
-        with torch.no_grad():
-            weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0)
+        weight = self._weight(discount, start_cont)
 
         if self.return_norm:
             self.retnorm.update(target)

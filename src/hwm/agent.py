@@ -46,10 +46,12 @@ class HarmonyDreamAgent(L.LightningModule):
         continue_scale: fixed weight of the continue loss, which is never harmonized.
         model_lr, actor_lr, critic_lr: Adam learning rates; the harmonizers use ``model_lr``.
         eps, model_eps: Adam epsilon of the actor and critic, and of the world model (null: ``eps``).
-        weight_decay: decoupled weight decay of all three optimizers.
+        weight_decay: L2 weight decay of all three optimizers (Adam's, added to the gradients).
         grad_clip, model_grad_clip: gradient-norm clip of the actor and critic, and of the world model
             (null: ``grad_clip``).
         log_every: updates between metric logs.
+        eval_sample: evaluation episodes act with sampled actions (DreamerV3's agent, whose Atari 100k scores
+            the paper reports) instead of the actor's mode (DreamerV2's); null: the base's choice.
         compile: ``torch.compile`` the conv encoder and decoder and the imagination rollout (fuses their
             elementwise ops; costs about a minute of compiling at the start and whenever a new batch shape
             comes). Off by default: on CPU it gave no clear gain (README, "Throughput and where the time
@@ -80,6 +82,7 @@ class HarmonyDreamAgent(L.LightningModule):
         grad_clip: float | None = None,
         model_grad_clip: float | None = None,
         log_every: int = 50,
+        eval_sample: bool | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -103,8 +106,12 @@ class HarmonyDreamAgent(L.LightningModule):
         if compile:
             self._compile()
         self.harmonizer = Harmonizer(
-            ("obs", "reward", "dynamics"), mode=harmonizer_mode, weights=harmonizer_weights
+            self.world_model.HARMONIZED,
+            mode=harmonizer_mode,
+            weights=harmonizer_weights,
+            regularizer_scales=self.world_model.regularizer_scales,
         )
+        self.eval_sample = presets.EVAL_SAMPLE[base] if eval_sample is None else eval_sample
         self.continue_scale = continue_scale
         given = {
             "model_lr": model_lr,
@@ -159,12 +166,15 @@ class HarmonyDreamAgent(L.LightningModule):
     def policy(self) -> DreamerPolicy:
         if self._policy is None:
             # Not a registered submodule: the policy shares our networks and must not duplicate them.
-            object.__setattr__(self, "_policy", DreamerPolicy(self.world_model, self.actor_critic))
+            policy = DreamerPolicy(self.world_model, self.actor_critic, eval_sample=self.eval_sample)
+            object.__setattr__(self, "_policy", policy)
         return self._policy
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         def adam(params: list[Tensor], lr: float, eps: float) -> torch.optim.Optimizer:
-            return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=self.weight_decay)
+            # Adam with L2 weight decay added to the gradient (not AdamW's decoupled decay), as the authors'
+            # PyTorch DreamerV2; DreamerV3 has no weight decay, where the two are the same.
+            return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=self.weight_decay)
 
         # The harmonizers join the world-model optimizer, as in the paper's code.
         model_params = list(self.world_model.parameters()) + list(self.harmonizer.parameters())

@@ -24,7 +24,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from hwm.checkpoint_io import CheckpointError
 from hwm.envs import OBS_KEY, PIXELS_KEY
 from hwm.policy import DreamerPolicy
-from hwm.replay import TRAJ_KEY, make_replay_buffer, sample_sequences
+from hwm.replay import add_rows, make_replay_buffer, sample_sequences, transitions_to_rows
 from hwm.replay_archive import ReplayArchive
 from hwm.suites import make_suite_env
 from hwm.timing import Stopwatch
@@ -47,7 +47,8 @@ class ReplayDataModule(L.LightningDataModule):
     Budgets are in env frames (agent steps x action repeat), as papers report them. ``train_ratio`` is
     replayed steps per agent step (DreamerV3's definition): each collected agent step earns
     ``train_ratio / (batch_size * seq_len)`` updates. The stream ends when ``total_frames`` are collected,
-    which ends the Lightning epoch and the run.
+    which ends the Lightning epoch and the run. The replay keeps every step of every episode, reset
+    observations included, and samples windows of them as the two bases' replays do (``hwm.replay``).
 
     Args:
         suite: ``dmc``, ``distracted_dmc``, ``metaworld`` or ``atari``.
@@ -58,11 +59,18 @@ class ReplayDataModule(L.LightningDataModule):
         time_limit: episode length in env frames.
         total_frames: env-frame budget of the run.
         prefill_frames: random-action frames collected before the first update.
+        pretrain: extra updates right after the prefill (DreamerV2: 100), beyond the train ratio's.
         train_ratio: replayed steps per agent step.
         batch_size, seq_len: replay batch shape.
-        capacity: replay capacity in agent steps.
+        capacity: replay capacity in stored steps (agent steps plus one reset observation per episode).
+        cross_episodes: replayed windows may cross episode boundaries (DreamerV3's replay); else each lies
+            inside one episode (DreamerV2's).
+        ongoing: windows of the episode still being collected may be replayed (DreamerV3); DreamerV2
+            replays finished episodes only.
+        ends_priority: the window that ends an episode weighs ``1 + ends_priority`` times the others
+            (DreamerV2's ``prioritize_ends``: 50 on Meta-world; 0 is uniform).
         eval_every: env frames between evaluation runs (0: only at the end).
-        eval_episodes: episodes per evaluation (actor's mode, no exploration).
+        eval_episodes: episodes per evaluation (the agent's evaluation policy: see ``model.eval_sample``).
         fast_render: MuJoCo offscreen quality knobs that keep the picture but render 3-4x faster.
         video_every: env frames between evaluations whose first episode is recorded (pixels only; the
             agent logs it and an open-loop imagination video as GIF artifacts); 0: no videos.
@@ -82,10 +90,14 @@ class ReplayDataModule(L.LightningDataModule):
         time_limit: int = 1000,
         total_frames: int = 100_000,
         prefill_frames: int = 5_000,
+        pretrain: int = 0,
         train_ratio: float = 160.0,
         batch_size: int = 16,
         seq_len: int = 50,
         capacity: int = 1_000_000,
+        cross_episodes: bool = False,
+        ongoing: bool = False,
+        ends_priority: float = 0.0,
         eval_every: int = 10_000,
         eval_episodes: int = 5,
         fast_render: bool = True,
@@ -99,18 +111,20 @@ class ReplayDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name} must be >= 1; got {value}")
         if train_ratio <= 0:
             raise ValueError(f"data.train_ratio must be > 0; got {train_ratio}")
-        if time_limit // action_repeat < seq_len:
+        if not cross_episodes and time_limit // action_repeat + 1 < seq_len:
             raise ValueError(
                 f"data.seq_len ({seq_len}) is longer than an episode ({time_limit} frames / action_repeat "
-                f"{action_repeat} = {time_limit // action_repeat} steps): no sequence could ever be sampled"
+                f"{action_repeat} = {time_limit // action_repeat} steps, plus the reset observation): no "
+                "sequence could ever be sampled (data.cross_episodes: true lets windows span episodes)"
             )
         if from_pixels and image_size != 64:
             raise ValueError(
                 f"data.image_size must be 64 for pixels (the DreamerV2 CNN's input); got {image_size}"
             )
-        if prefill_frames < 0 or eval_every < 0 or eval_episodes < 0 or video_every < 0:
+        if min(prefill_frames, pretrain, eval_every, eval_episodes, video_every) < 0:
             raise ValueError(
-                "data.prefill_frames, data.eval_every, data.eval_episodes and data.video_every must be >= 0"
+                "data.prefill_frames, data.pretrain, data.eval_every, data.eval_episodes and data.video_every "
+                "must be >= 0"
             )
         self.env_kwargs: dict[str, Any] = dict(
             suite=suite,
@@ -124,7 +138,7 @@ class ReplayDataModule(L.LightningDataModule):
         )
         self.action_repeat = action_repeat
         self.obs_key = PIXELS_KEY if from_pixels else OBS_KEY
-        self.total_frames, self.prefill_frames = total_frames, prefill_frames
+        self.total_frames, self.prefill_frames, self.pretrain = total_frames, prefill_frames, pretrain
         self.train_ratio, self.batch_size, self.seq_len = train_ratio, batch_size, seq_len
         self.eval_every, self.eval_episodes = eval_every, eval_episodes
         self.seed = seed
@@ -156,7 +170,14 @@ class ReplayDataModule(L.LightningDataModule):
         self._pending: dict[str, float] = {}
         self._train_successes: deque[float] = deque(maxlen=10)
         self.collector: Collector | None = None
-        self.buffer = make_replay_buffer(capacity=capacity, batch_size=batch_size, seq_len=seq_len)
+        self.buffer = make_replay_buffer(
+            capacity=capacity,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            cross_episodes=cross_episodes,
+            ongoing=ongoing,
+            ends_priority=ends_priority,
+        )
         self.archive = ReplayArchive(self.buffer, capacity)
         # Where checkpoints keep the replay chunks; set by the checkpoint callback (save) or the CLI (resume).
         self.replay_dir: Path | None = None
@@ -221,9 +242,15 @@ class ReplayDataModule(L.LightningDataModule):
 
     # -- the stream -----------------------------------------------------------------------------------------
     @property
+    def can_replay(self) -> bool:
+        """Whether a whole window can be replayed (not yet at the start, nor before a first episode ends
+        when only finished episodes are replayed)."""
+        return self.buffer.sampler.windows > 0
+
+    @property
     def at_collect_boundary(self) -> bool:
         """True when the stream's next move is to collect: the clean point for a checkpoint."""
-        return self.counters["credit"] < 1.0 or len(self.buffer) < self.seq_len
+        return self.counters["credit"] < 1.0 or not self.can_replay
 
     def batches(self) -> Iterator[TensorDictBase]:
         assert self.collector is not None, "attach_policy() must run before batches()"
@@ -252,10 +279,14 @@ class ReplayDataModule(L.LightningDataModule):
                     break
                 self._ingest(data)
             # Only steps past the prefill earn updates, also when one collect straddles its end.
-            fresh = min(data.numel() * self.world_size, self.counters["agent_steps"] - prefill_steps)
+            steps = data.numel() * self.world_size
+            fresh = min(steps, self.counters["agent_steps"] - prefill_steps)
             if fresh > 0:
                 self.counters["credit"] += fresh * per_step
-            while self.counters["credit"] >= 1.0 and len(self.buffer) >= self.seq_len:
+            if self.counters["agent_steps"] - steps < max(prefill_steps, 1) <= self.counters["agent_steps"]:
+                # The prefill just ended: DreamerV2 pretrains on it before acting with its own policy.
+                self.counters["credit"] += self.pretrain
+            while self.counters["credit"] >= 1.0 and self.can_replay:
                 self.counters["credit"] -= 1.0
                 with self.timer("replay"):
                     batch = sample_sequences(self.buffer, self.batch_size, self.seq_len)
@@ -278,15 +309,7 @@ class ReplayDataModule(L.LightningDataModule):
 
     def _ingest(self, data: TensorDictBase) -> None:
         data = data.reshape(-1)
-        keep = [
-            "action",
-            ("next", self.obs_key),
-            ("next", "reward"),
-            ("next", "terminated"),
-            ("next", "done"),
-            TRAJ_KEY,
-        ]
-        self.buffer.extend(data.select(*keep))
+        add_rows(self.buffer, transitions_to_rows(data, self.obs_key))
         steps = data.numel()
         # Global counts: every process collects the same number of steps per collect.
         self.counters["agent_steps"] += steps * self.world_size
@@ -329,7 +352,7 @@ class ReplayDataModule(L.LightningDataModule):
         max_steps = self.env_kwargs["time_limit"] // self.action_repeat
         returns, successes = [], []
         record = self.counters["env_frames"] >= self._next_video
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
+        with set_exploration_type(self._policy.eval_exploration):
             for i in range(self.eval_episodes):
                 rollout = self._eval_env.rollout(max_steps, self._policy, break_when_any_done=True)
                 returns.append(float(rollout.get(("next", "reward")).sum()))

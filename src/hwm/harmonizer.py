@@ -1,9 +1,10 @@
 """Task harmonizers (HarmonyDream, Ma, Wu et al. 2024).
 
 Each harmonized task i has a learnable s_i with sigma_i = exp(s_i), s_i = 0 at start. The world model
-minimises sum_i L_i / sigma_i + R(sigma_i), where R is log(1 + sigma) in the paper's rectified form. For a
+minimises sum_i L_i / sigma_i + c_i R(sigma_i), where R is log(1 + sigma) in the paper's rectified form. For a
 fixed L the rectified optimum is sigma* = (L + sqrt(L^2 + 4L)) / 2, so the weight 1/sigma* grows only like
 1/sqrt(L) for a small loss; the unrectified R = log(sigma) has sigma* = L and its weight 1/L explodes as L -> 0.
+c_i is 1 except for HarmonyDream(V3)'s KL task (5/6, as the authors' Atari code weighs it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Harmonizer(nn.Module):
         mode: ``rectified`` (L/sigma + log(1+sigma), the paper's), ``unrectified`` (L/sigma + log sigma),
             ``fixed`` (constant user weights: the DreamerV2 baseline) or ``off`` (every weight 1).
         weights: constant weights for ``fixed`` mode; tasks left out get 1.0.
+        regularizer_scales: a factor on a task's regulariser (tasks left out get 1.0). HarmonyDream(V3)
+            weighs its shared KL harmonizer, regulariser included, by dyn/(dyn+rep) = 5/6.
     """
 
     def __init__(
@@ -34,6 +37,7 @@ class Harmonizer(nn.Module):
         tasks: Sequence[str] = ("obs", "reward", "dynamics"),
         mode: HarmonizerMode = "rectified",
         weights: Mapping[str, float] | None = None,
+        regularizer_scales: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -51,6 +55,9 @@ class Harmonizer(nn.Module):
             raise ValueError(f"harmonizer weights are only used in 'fixed' mode, not {mode!r}")
         if any(w < 0 for w in weights.values()):
             raise ValueError(f"harmonizer weights must be non-negative; got {weights}")
+        scales = dict(regularizer_scales or {})
+        if set(scales) - set(tasks) or any(v <= 0 for v in scales.values()):
+            raise ValueError(f"regularizer scales must be > 0 and name known tasks {list(tasks)}; got {scales}")
         self.tasks = tasks
         self.mode = mode
         # Only the learnable modes own parameters, so 'fixed'/'off' add nothing to the optimizer.
@@ -60,6 +67,8 @@ class Harmonizer(nn.Module):
             self.register_parameter("log_sigma", None)
         fixed = [float(weights.get(t, 1.0)) if mode == "fixed" else 1.0 for t in tasks]
         self.register_buffer("fixed_weights", torch.tensor(fixed), persistent=False)
+        reg = [float(scales.get(t, 1.0)) for t in tasks]
+        self.register_buffer("regularizer_scales", torch.tensor(reg), persistent=False)
 
     def sigmas(self) -> Tensor:
         if self.log_sigma is None:
@@ -78,10 +87,10 @@ class Harmonizer(nn.Module):
         if self.mode == "rectified":
             s = self.log_sigma
             # softplus(s) = log(1 + exp(s)) = log(1 + sigma), stable for any s.
-            terms = values * torch.exp(-s) + F.softplus(s)
+            terms = values * torch.exp(-s) + self.regularizer_scales * F.softplus(s)
         elif self.mode == "unrectified":
             s = self.log_sigma
-            terms = values * torch.exp(-s) + s
+            terms = values * torch.exp(-s) + self.regularizer_scales * s
         else:
             terms = values * self.fixed_weights
         total = terms.sum()

@@ -42,24 +42,28 @@ def write_gif(frames: np.ndarray, path: Path, *, fps: float = 15.0, scale: int =
 
 @torch.no_grad()
 def open_loop(world_model: WorldModel, obs: Tensor, action: Tensor, *, context: int = 5) -> np.ndarray:
-    """Real | model | difference frames [T, H, 3W, 3] of one episode's transitions.
+    """Real | model | difference frames [T, H, 3W, 3] of an episode's first T observations.
 
-    ``obs`` [T, C, H, W] uint8 are the observations after each action ``action`` [T, A] (the replay's
-    convention: step t is (a_t, o_{t+1})). The first ``context`` model frames are reconstructions of the
-    filtered posterior, the rest are imagined with the prior from the real actions only.
+    ``obs`` [T, C, H, W] uint8 are o_0 .. o_{T-1} from the reset on, ``action`` [T - 1, A] the actions taken
+    between them. The first ``context`` model frames are reconstructions of the filtered posterior (from
+    the reset, as the replay's steps are), the rest are imagined with the prior from the real actions only.
     """
     T = obs.shape[0]
-    assert action.shape[0] == T, f"action {tuple(action.shape)} vs obs {tuple(obs.shape)}"
+    assert action.shape[0] == T - 1, f"action {tuple(action.shape)} vs obs {tuple(obs.shape)}"
     assert obs.shape[1:] == world_model.obs_shape, f"obs {tuple(obs.shape)} vs {world_model.obs_shape}"
     context = max(1, min(context, T))
     device = next(world_model.parameters()).device
-    obs_b = obs.to(device).unsqueeze(0)
-    act_b = action.to(device, torch.get_default_dtype()).unsqueeze(0)
-    post = world_model.rssm.observe(world_model.encode(obs_b[:, :context]), act_b[:, :context])
+    act = action.to(device, torch.get_default_dtype())
+    # Step t of the replay's layout holds the action before o_t: zeros at the reset.
+    prev_action = torch.cat([torch.zeros_like(act[:1]), act]).unsqueeze(0)
+    is_first = torch.zeros(1, T, 1, dtype=torch.bool, device=device)
+    is_first[:, 0] = True
+    embed = world_model.encode(obs.to(device).unsqueeze(0)[:, :context])
+    post = world_model.rssm.observe(embed, prev_action[:, :context], is_first[:, :context])
     feats = [world_model.feat((post["deter"], post["stoch"]))]
     state = (post["deter"][:, -1], post["stoch"][:, -1])
     for t in range(context, T):
-        state, _ = world_model.rssm.img_step(state, act_b[:, t])
+        state, _ = world_model.rssm.img_step(state, prev_action[:, t])
         feats.append(world_model.feat(state).unsqueeze(1))
     pred = world_model.decoder(torch.cat(feats, 1)).float()  # [1, T, C, H, W], centred at 0
     model = ((pred[0] + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
@@ -78,8 +82,8 @@ def render_evaluation(
     frames = int(media["env_frames"])
     episode = write_gif(to_hwc(media["frames"]), out_dir / f"eval_episode_{frames:09d}.gif")
     paths = [episode]
-    if media["action"].shape[0] > context:
-        obs, action = media["frames"][1 : length + 1], media["action"][:length]
-        grid = open_loop(world_model, obs, action, context=context)
+    if media["action"].shape[0] >= context:
+        obs = media["frames"][:length]
+        grid = open_loop(world_model, obs, media["action"][: obs.shape[0] - 1], context=context)
         paths.append(write_gif(grid, out_dir / f"open_loop_{frames:09d}.gif", fps=8))
     return paths

@@ -20,19 +20,27 @@ class DreamerPolicy(TensorDictModuleBase):
 
     The latent (deter, stoch, last action) rides in the tensordict under ``STATE_KEYS``: the policy writes
     them to ``("next", key)`` and the env's step moves them to the root, as TorchRL's LSTM modules do.
-    ``is_init`` (from ``InitTracker``) zeroes it at episode starts. Sampled actions when the exploration
-    type is RANDOM (collection), the actor's mode otherwise (evaluation).
+    ``is_init`` (from ``InitTracker``) restarts it from the world model's initial state at episode starts.
+    Sampled actions when the exploration type is RANDOM (collection), the actor's mode otherwise.
+    ``eval_sample`` picks what evaluation uses (:attr:`eval_exploration`): DreamerV3's agent samples
+    there too, DreamerV2's takes the mode.
     """
 
-    def __init__(self, world_model: WorldModel, actor_critic: ActorCritic) -> None:
+    def __init__(self, world_model: WorldModel, actor_critic: ActorCritic, *, eval_sample: bool = False) -> None:
         super().__init__()
         self.world_model = world_model
         self.actor_critic = actor_critic
+        self.eval_sample = eval_sample
         self.in_keys = [world_model.obs_key, "is_init", *STATE_KEYS]
         self.out_keys = ["action", *[("next", k) for k in STATE_KEYS]]
 
+    @property
+    def eval_exploration(self) -> ExplorationType:
+        """The exploration type evaluation episodes run under."""
+        return ExplorationType.RANDOM if self.eval_sample else ExplorationType.DETERMINISTIC
+
     def make_primer(self) -> TensorDictPrimer:
-        """The env transform that creates the zeroed latent keys at reset."""
+        """The env transform that creates the latent keys at reset (their values are replaced at is_init)."""
         rssm = self.world_model.rssm
         shapes = (rssm.deter_dim, rssm.stoch_dim, self.world_model.action_dim)
         return TensorDictPrimer(
@@ -62,12 +70,10 @@ class DreamerPolicy(TensorDictModuleBase):
             obs = obs.unsqueeze(0)
         deter, stoch, prev_action = (self._state(td, k, obs.shape[0], device) for k in STATE_KEYS)
         is_init = td.get("is_init").to(device).reshape(obs.shape[0], 1)
-        keep = (~is_init).float()
-        deter, stoch, prev_action = deter * keep, stoch * keep, prev_action * keep
         explore = exploration_type() == ExplorationType.RANDOM
         # The latent is sampled in evaluation too, as DreamerV2 does (its eval_state_mean=False): the
         # networks only ever saw sampled latents.
-        state, _ = wm.rssm.obs_step((deter, stoch), prev_action, wm.encode(obs))
+        state, _ = wm.rssm.obs_step((deter, stoch), prev_action, wm.encode(obs), is_first=is_init)
         dist = self.actor_critic.action_dist(wm.feat(state))
         action = dist.sample() if explore else dist.mode()
         outputs = {

@@ -24,7 +24,7 @@ CLASSES: dict[str, tuple[str, str]] = {
 }
 
 # Optimizer settings of each base; model_eps / model_grad_clip left out (or null) follow eps / grad_clip.
-# DreamerV2: Adam(W) 1e-5 eps, 1e-6 weight decay, clip 100 everywhere, with
+# DreamerV2: Adam, 1e-5 eps, 1e-6 (L2) weight decay, clip 100 everywhere, with
 # HarmonyDream's DMC model lr 3e-4. DreamerV3: model lr 1e-4, eps 1e-8, clip 1000; actor/critic lr 3e-5,
 # eps 1e-5, clip 100; no weight decay.
 OPTIM: dict[str, dict[str, float]] = {
@@ -46,6 +46,16 @@ OPTIM: dict[str, dict[str, float]] = {
         "model_grad_clip": 1000.0,
         "grad_clip": 100.0,
     },
+}
+
+# How evaluation acts: DreamerV3's agent samples ('eval' mode), DreamerV2's takes the actor's mode.
+EVAL_SAMPLE: dict[str, bool] = {"dreamerv2": False, "dreamerv3": True}
+
+# How each base's replay draws its windows (``data.*``): DreamerV2 inside finished episodes, DreamerV3 from
+# the whole stream, across episode boundaries, the episode in progress included.
+REPLAY: dict[str, dict[str, bool]] = {
+    "dreamerv2": {"cross_episodes": False, "ongoing": False},
+    "dreamerv3": {"cross_episodes": True, "ongoing": True},
 }
 
 # DreamerV3's model sizes (paper v1, Table B.1): GRU size, CNN depth, MLP width and layers; 32 x 32 latents.
@@ -117,4 +127,6 @@ def cli_defaults(args: Sequence[str]) -> dict[str, Any]:
         "model.actor_critic": {"class_path": ac_class, "init_args": actor_critic},
     }
     defaults.update({f"model.{k}": v for k, v in OPTIM[base].items()})
+    defaults["model.eval_sample"] = EVAL_SAMPLE[base]
+    defaults.update({f"data.{k}": v for k, v in REPLAY[base].items()})
     return defaults

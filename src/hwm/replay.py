@@ -1,36 +1,217 @@
-"""Sequence replay on TorchRL: fixed-length slices that never cross an episode boundary."""
+"""Sequence replay as DreamerV2/V3 store and sample it, on TorchRL's storage.
+
+Steps are stored in the order they happen, one row each: the observation o_t, the action a_{t-1} that led to
+it, the reward r_t and the flags ``is_first`` (an episode's reset observation, stored with a zero action and
+reward), ``is_last`` and ``is_terminal``. A batch is ``batch_size`` windows of ``seq_len`` consecutive rows,
+drawn uniformly over all windows, so every stored step is equally likely and short episodes are not
+over-sampled; the first row of every window is marked ``is_first`` (the state before it is unknown).
+
+Two flavours, as the two bases' own replays:
+- DreamerV2 (``cross_episodes=False``): a window lies inside one episode; with ``ongoing=False`` only
+  finished episodes are sampled; ``ends_priority`` E gives the window that ends an episode E + 1 times the
+  weight of the others (DreamerV2's ``prioritize_ends``, Meta-world's 50).
+- DreamerV3 (``cross_episodes=True``): any window of the stream, also across episode boundaries, where the
+  world model restarts from its initial state at the ``is_first`` row.
+"""
 
 from __future__ import annotations
 
-from tensordict import TensorDictBase
-from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data.replay_buffers import Sampler, Storage
 
-TRAJ_KEY = ("collector", "traj_ids")
+from hwm.world_model import ACTION_KEY, IS_FIRST, IS_LAST, IS_TERMINAL, REWARD_KEY
+
+__all__ = ["SequenceSampler", "make_replay_buffer", "sample_sequences"]
 
 
-def make_replay_buffer(*, capacity: int, batch_size: int, seq_len: int) -> TensorDictReplayBuffer:
-    """A buffer whose ``sample()`` returns ``batch_size`` slices of ``seq_len`` consecutive steps, flattened.
+class SequenceSampler(Sampler):
+    """Draws windows of ``seq_len`` consecutive rows with a weight per window start.
 
-    ``strict_length`` drops trajectories (or their in-progress heads) shorter than ``seq_len`` instead of
-    padding them, so every sampled step is real and belongs to the same episode as its neighbours.
+    The weights live beside the storage (one float per row) and are kept up to date as rows arrive, from
+    their ``is_first`` / ``is_last`` flags (:meth:`record`), so a draw costs one weighted choice, not a scan
+    of the stored episodes. They are a function of the stored rows alone: a restored buffer rebuilds them
+    by recording its rows again.
     """
-    if capacity < seq_len:
-        raise ValueError(f"replay capacity {capacity} is smaller than one sequence ({seq_len})")
-    sampler = SliceSampler(slice_len=seq_len, traj_key=TRAJ_KEY, strict_length=True, cache_values=False)
+
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        seq_len: int,
+        cross_episodes: bool = False,
+        ongoing: bool = False,
+        ends_priority: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if capacity < seq_len:
+            raise ValueError(f"replay capacity {capacity} is smaller than one sequence ({seq_len})")
+        if ends_priority < 0:
+            raise ValueError(f"ends_priority must be >= 0; got {ends_priority}")
+        if cross_episodes and (not ongoing or ends_priority):
+            raise ValueError(
+                "windows that cross episodes (DreamerV3's replay) need ongoing=True and ends_priority=0"
+            )
+        self.capacity, self.seq_len = capacity, seq_len
+        self.cross_episodes, self.ongoing, self.ends_priority = cross_episodes, ongoing, ends_priority
+        self._empty()
+
+    def _empty(self) -> None:
+        self.weights = torch.zeros(self.capacity)
+        self.recorded = 0  # rows recorded since the run began (the writer's write_count)
+        self._episode_start = 0  # stream index of the current episode's first row (or the oldest row)
+
+    def reset(self, start: int = 0) -> None:
+        """Forgets every window; the next recorded row is row ``start`` of the stream."""
+        self._empty()
+        self.recorded = self._episode_start = start
+
+    def record(self, is_first: Tensor, is_last: Tensor) -> None:
+        """Takes note of the next rows of the stream (as just written at ``recorded`` onwards)."""
+        n = is_first.numel()
+        if n == 0:
+            return
+        is_first, is_last = is_first.reshape(n).bool().cpu(), is_last.reshape(n).bool().cpu()
+        rows = torch.arange(self.recorded, self.recorded + n)
+        end = self.recorded + n
+        oldest = max(0, end - self.capacity)
+        # A new row overwrites the oldest one, and with it the window that started there.
+        self.weights[rows[-self.capacity :] % self.capacity] = 0.0
+        starts = torch.where(is_first, rows, torch.full_like(rows, -1))
+        episode_start = torch.cummax(torch.maximum(starts, torch.tensor(self._episode_start)), 0).values
+        window = rows - self.seq_len + 1  # the window that each row completes
+        ok = window >= oldest
+        if not self.cross_episodes:
+            ok &= window >= episode_start
+        weight = 1.0 + self.ends_priority * is_last.float()
+        if self.ongoing:
+            self.weights[window[ok] % self.capacity] = weight[ok]
+        else:  # DreamerV2 samples finished episodes only: an episode's windows open when it ends
+            for i in is_last.nonzero().flatten().tolist():
+                first = max(int(episode_start[i]), oldest)
+                if int(window[i]) >= first:
+                    self.weights[torch.arange(first, int(window[i]) + 1) % self.capacity] = 1.0
+                    self.weights[int(window[i]) % self.capacity] = float(weight[i])
+        self.recorded = end
+        self._episode_start = int(episode_start[-1])
+
+    @property
+    def windows(self) -> int:
+        """How many windows can be drawn now."""
+        return int((self.weights > 0).sum())
+
+    def sample(self, storage: Storage, batch_size: int) -> tuple[Tensor, dict]:
+        if batch_size % self.seq_len:
+            raise ValueError(f"batch size {batch_size} is not a multiple of seq_len {self.seq_len}")
+        if not self.windows:
+            raise RuntimeError("no complete sequence in the replay yet")
+        starts = torch.multinomial(self.weights, batch_size // self.seq_len, replacement=True)
+        index = (starts.unsqueeze(1) + torch.arange(self.seq_len)) % self.capacity
+        return index.flatten(), {}
+
+    # The weights are rebuilt from the stored rows (see ReplayArchive.restore), so they are not saved.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        return None
+
+    def dumps(self, path: str) -> None:
+        return None
+
+    def loads(self, path: str) -> None:
+        return None
+
+
+def make_replay_buffer(
+    *,
+    capacity: int,
+    batch_size: int,
+    seq_len: int,
+    cross_episodes: bool = False,
+    ongoing: bool = False,
+    ends_priority: float = 0.0,
+) -> TensorDictReplayBuffer:
+    """A buffer of rows whose ``sample()`` returns ``batch_size`` windows of ``seq_len`` rows, flattened."""
+    sampler = SequenceSampler(
+        capacity=capacity,
+        seq_len=seq_len,
+        cross_episodes=cross_episodes,
+        ongoing=ongoing,
+        ends_priority=ends_priority,
+    )
     return TensorDictReplayBuffer(
-        storage=LazyTensorStorage(capacity),
-        sampler=sampler,
-        batch_size=batch_size * seq_len,
+        storage=LazyTensorStorage(capacity), sampler=sampler, batch_size=batch_size * seq_len
     )
 
 
+def add_rows(buffer: TensorDictReplayBuffer, rows: TensorDictBase) -> None:
+    """Appends rows (in stream order) to the storage and to the sampler's windows."""
+    buffer.extend(rows)
+    sampler = buffer.sampler
+    assert isinstance(sampler, SequenceSampler)
+    sampler.record(rows.get(IS_FIRST), rows.get(IS_LAST))
+    assert sampler.recorded == int(buffer.write_count), "the sampler lost track of the writer"
+
+
 def sample_sequences(buffer: TensorDictReplayBuffer, batch_size: int, seq_len: int) -> TensorDictBase:
-    """Samples and reshapes to [batch_size, seq_len]."""
+    """Samples and reshapes to [batch_size, seq_len]; every window starts as an episode does."""
     flat = buffer.sample()
     assert flat.shape[0] == batch_size * seq_len, (
         f"sampled {flat.shape[0]} steps, expected {batch_size * seq_len}"
     )
     seq = flat.reshape(batch_size, seq_len)
-    traj = seq.get(TRAJ_KEY)
-    assert (traj == traj[:, :1]).all(), "a replayed sequence crosses an episode boundary"
+    is_first = seq.get(IS_FIRST).clone()
+    is_first[:, 0] = True
+    seq.set(IS_FIRST, is_first)
+    sampler = buffer.sampler
+    if isinstance(sampler, SequenceSampler) and not sampler.cross_episodes:
+        assert not is_first[:, 1:].any(), "a replayed sequence crosses an episode boundary"
     return seq
+
+
+def transitions_to_rows(data: TensorDictBase, obs_key: str) -> TensorDict:
+    """TorchRL transitions (o_t, a_t, next: o_{t+1}, r_{t+1}, done) -> replay rows in stream order.
+
+    Each transition gives the row of its next observation; one that starts an episode (``is_init``) is
+    preceded by the reset row (o_t, a zero action, reward 0, ``is_first``).
+    """
+    data = data.reshape(-1)
+    n = data.numel()
+    action = data.get("action")
+    init = data.get("is_init").reshape(n).bool()
+    nxt = data.get("next")
+    flag = torch.zeros(n, 1, dtype=torch.bool)
+    steps = TensorDict(
+        {
+            obs_key: nxt.get(obs_key),
+            ACTION_KEY: action,
+            REWARD_KEY: nxt.get("reward").reshape(n, 1).float(),
+            IS_FIRST: flag,
+            IS_LAST: nxt.get("done").reshape(n, 1).bool(),
+            IS_TERMINAL: nxt.get("terminated").reshape(n, 1).bool(),
+        },
+        batch_size=[n],
+    )
+    m = int(init.sum())
+    if m == 0:
+        return steps
+    resets = TensorDict(
+        {
+            obs_key: data.get(obs_key)[init],
+            ACTION_KEY: torch.zeros_like(action[init]),
+            REWARD_KEY: torch.zeros(m, 1),
+            IS_FIRST: torch.ones(m, 1, dtype=torch.bool),
+            IS_LAST: torch.zeros(m, 1, dtype=torch.bool),
+            IS_TERMINAL: torch.zeros(m, 1, dtype=torch.bool),
+        },
+        batch_size=[m],
+    )
+    # Row i of ``steps`` moves down by the number of resets at or before it; each reset sits just above.
+    step_pos = torch.arange(n) + torch.cumsum(init.long(), 0)
+    order = torch.empty(n + m, dtype=torch.long)
+    order[step_pos] = torch.arange(n)
+    order[step_pos[init] - 1] = n + torch.arange(m)
+    return torch.cat([steps, resets])[order]  # type: ignore[return-value]

@@ -19,6 +19,8 @@ from tensordict import TensorDict
 from torchrl.data import TensorDictReplayBuffer
 
 from hwm.checkpoint_io import CheckpointError, atomic_torch_save, load_torch_file
+from hwm.replay import SequenceSampler
+from hwm.world_model import IS_FIRST, IS_LAST
 
 REPLAY_DIR = "replay"
 
@@ -108,6 +110,10 @@ class ReplayArchive:
             raise RuntimeError("restore() needs an empty replay buffer")
         self.verify(directory, manifest, write_count, self.capacity, checksums=False)
         window_start = max(0, write_count - self.capacity)
+        sampler = self.buffer.sampler
+        assert isinstance(sampler, SequenceSampler)
+        # The sampler's windows are a function of the stored rows: recorded again, in stream order.
+        sampler.reset(start=window_start)
         for chunk in sorted(manifest, key=lambda c: c["start"]):
             tensors = load_torch_file(directory / chunk["file"], what="replay file")
             n = chunk["end"] - chunk["start"]
@@ -117,6 +123,7 @@ class ReplayArchive:
             keep = torch.arange(chunk["start"], chunk["end"]) >= window_start
             positions = torch.arange(chunk["start"], chunk["end"])[keep] % self.capacity
             self.buffer.storage.set(positions, items[keep])
+            sampler.record(items[keep].get(IS_FIRST), items[keep].get(IS_LAST))
         self.buffer.writer.load_state_dict(
             {"_cursor": write_count % self.capacity, "_write_count": write_count}
         )

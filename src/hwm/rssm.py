@@ -34,8 +34,13 @@ class RSSM(nn.Module):
     parts are computed for the whole sequence at once, outside the per-step Python loop; the prior of a
     whole observed sequence is likewise computed in one call after the loop.
 
-    DreamerV3 differs only in its blocks (``norm``: LayerNorm before ``act``, SiLU) and in mixing 1% of a
-    uniform distribution into every categorical (``unimix``), which keeps the KL and log-probs bounded.
+    DreamerV3 differs in its blocks (``norm``: LayerNorm before ``act``, SiLU), in mixing 1% of a uniform
+    distribution into every categorical (``unimix``), which keeps the KL and log-probs bounded, and in a
+    learned initial state (``learned_initial``: deter = tanh(w), stoch = the prior's mode there) instead of
+    zeros.
+
+    Episode starts are marked per step (``is_first``): there the previous state is replaced by the initial
+    state and the previous action by zeros, as DreamerV2/V3 do, so one sequence may hold several episodes.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class RSSM(nn.Module):
         norm: bool = False,
         act: type[nn.Module] = nn.ELU,
         unimix: float = 0.0,
+        learned_initial: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= unimix < 1.0:
@@ -70,16 +76,37 @@ class RSSM(nn.Module):
         self.post_in_embed = nn.Linear(embed_dim, hidden, bias=False)
         post_norm = [nn.LayerNorm(hidden, eps=1e-3)] if norm else []
         self.post_out = nn.Sequential(*post_norm, act(), nn.Linear(hidden, self.stoch_dim))
+        # tanh(0) = 0: a learned initial state starts where the zero state is.
+        self.initial_deter = nn.Parameter(torch.zeros(deter)) if learned_initial else None
 
     @property
     def feat_dim(self) -> int:
         return self.deter_dim + self.stoch_dim
 
     def initial(self, batch_shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> State:
-        return (
-            torch.zeros(*batch_shape, self.deter_dim, device=device, dtype=dtype),
-            torch.zeros(*batch_shape, self.stoch_dim, device=device, dtype=dtype),
-        )
+        """The state before an episode's first step: zeros, or DreamerV3's learned one."""
+        if self.initial_deter is None:
+            return (
+                torch.zeros(*batch_shape, self.deter_dim, device=device, dtype=dtype),
+                torch.zeros(*batch_shape, self.stoch_dim, device=device, dtype=dtype),
+            )
+        deter = torch.tanh(self.initial_deter).to(device, dtype)
+        # The prior's mode (no sample, no straight-through): the start state is a deterministic function of w.
+        logits = self.prior_logits(deter).detach()
+        stoch = F.one_hot(logits.argmax(-1), self.classes).flatten(-2).to(dtype)
+        return deter.expand(*batch_shape, -1), stoch.expand(*batch_shape, -1)
+
+    def reset_where(self, state: State, is_first: Tensor, initial: State | None = None) -> State:
+        """``state`` with ``initial`` (default: the initial state) put in where ``is_first`` [..., 1] is set.
+
+        A blend rather than a select, as the authors' code: the kept state's gradient is scaled by 1 - is_first.
+        """
+        first = is_first.to(state[0].dtype)
+        if initial is None:
+            initial = self.initial(tuple(state[0].shape[:-1]), state[0].device, state[0].dtype)
+        deter = state[0] * (1.0 - first) + initial[0] * first
+        stoch = state[1] * (1.0 - first) + initial[1] * first
+        return deter, stoch
 
     def _logits(self, flat: Tensor) -> Tensor:
         return unimix_logits(flat.unflatten(-1, (self.stoch, self.classes)), self.unimix)
@@ -101,25 +128,41 @@ class RSSM(nn.Module):
         logits = self.prior_logits(deter)
         return (deter, self._sample(logits)), logits
 
-    def obs_step(self, state: State, action: Tensor, embed: Tensor) -> tuple[State, Tensor]:
-        """One posterior step (used when acting); returns the new state and its posterior logits."""
+    def obs_step(
+        self, state: State, action: Tensor, embed: Tensor, is_first: Tensor | None = None
+    ) -> tuple[State, Tensor]:
+        """One posterior step (used when acting); returns the new state and its posterior logits.
+
+        ``is_first`` [..., 1]: where set, ``state`` and ``action`` are replaced by the initial state and zeros.
+        """
+        if is_first is not None:
+            state = self.reset_where(state, is_first)
+            action = action * (1.0 - is_first.to(action.dtype))
         deter = self.deter_step(state, self.img_in_action(action))
         logits = self._logits(self.post_out(self.post_in_deter(deter) + self.post_in_embed(embed)))
         return (deter, self._sample(logits)), logits
 
-    def observe(self, embed: Tensor, action: Tensor, state: State | None = None) -> dict[str, Tensor]:
-        """Posterior rollout over a [B, T] sequence: input t is (a_{t-1}, e_t).
+    def observe(
+        self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None
+    ) -> dict[str, Tensor]:
+        """Posterior rollout over a [B, T] sequence: input t is (a_{t-1}, e_t, is_first_t).
 
+        Where ``is_first`` [B, T, 1] is set, the step starts from the initial state with a zero action (an
+        episode start); ``state`` (default: the initial state) is the state before step 0.
         Returns deter [B,T,D], stoch [B,T,S*K], post_logits and prior_logits [B,T,S,K].
         """
         B, T = embed.shape[:2]
         assert action.shape[:2] == (B, T), f"action {tuple(action.shape)} vs embed {tuple(embed.shape)}"
-        if state is None:
-            state = self.initial((B,), embed.device, embed.dtype)
-        action_proj = self.img_in_action(action)
+        assert is_first.shape == (B, T, 1), f"is_first {tuple(is_first.shape)}, expected {(B, T, 1)}"
+        initial = self.initial((B,), embed.device, embed.dtype)
+        state = initial if state is None else state
+        first = is_first.to(embed.dtype)
+        # A zero action projects to zero (no bias), so masking the projection masks the action.
+        action_proj = self.img_in_action(action) * (1.0 - first)
         embed_proj = self.post_in_embed(embed)
         deters, stochs, post = [], [], []
         for t in range(T):
+            state = self.reset_where(state, first[:, t], initial)
             deter = self.deter_step(state, action_proj[:, t])
             logits = self._logits(self.post_out(self.post_in_deter(deter) + embed_proj[:, t]))
             state = (deter, self._sample(logits))

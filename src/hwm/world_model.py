@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import lightning as L
 import torch
@@ -15,15 +15,29 @@ from hwm.losses import balanced_kl, bernoulli_nll, unit_gaussian_nll
 from hwm.networks import ConvDecoder, ConvEncoder, flat_dim, frozen, mlp
 from hwm.rssm import RSSM, State
 
-TASKS: tuple[str, ...] = ("obs", "reward", "dynamics", "continue")
+# The replay's step layout (DreamerV2/V3's): step t holds o_t, the action a_{t-1} that led to it (zeros at an
+# episode's first step), r_t, and the flags of o_t.
+ACTION_KEY, REWARD_KEY = "action", "reward"
+IS_FIRST, IS_LAST, IS_TERMINAL = "is_first", "is_last", "is_terminal"
+
+
+class Starts(NamedTuple):
+    """Posterior states to imagine from, with whether each may continue (0 at a terminal state)."""
+
+    deter: Tensor  # [..., D]
+    stoch: Tensor  # [..., S*K]
+    cont: Tensor  # [...]
 
 
 class WorldModel(L.LightningModule):
     """Learns p(o|z), p(r|z), p(c|z) and the latent dynamics from replayed [B, T] sequences.
 
     Observations of rank 3 are (C, 64, 64) uint8 images and use the CNN encoder/decoder; rank-1
-    observations are state vectors and use MLPs. A batch holds TorchRL transitions: input step t is
-    (``action`` a_t, ``("next", obs_key)`` o_{t+1}, ``("next", "reward")``, ``("next", "terminated")``).
+    observations are state vectors and use MLPs. A batch holds replayed steps [B, T] as DreamerV2/V3 store
+    them: ``obs_key`` o_t, ``action`` a_{t-1}, ``reward`` r_t, ``is_first`` and ``is_terminal``. An episode's
+    first step (the reset observation, zero action and reward) is a training target like any other.
+
+    Of the losses, ``HARMONIZED`` are weighed by the harmonizer; ``continue`` keeps a fixed weight.
 
     The structure of the base (block type, conv padding, reward head) is set by class attributes, which
     ``hwm.world_model_v3.WorldModelV3`` overrides; the constructor arguments are the configuration.
@@ -49,6 +63,8 @@ class WorldModel(L.LightningModule):
     _v3_cnn: ClassVar[bool] = False  # 'same'-padded convs down to 4x4 and back
     _reward_out: ClassVar[int] = 1  # DreamerV3: two-hot bins
     _zero_heads: ClassVar[bool] = False  # zero-initialised reward output (DreamerV3)
+    _learned_initial: ClassVar[bool] = False  # the RSSM's start state is learned (DreamerV3)
+    HARMONIZED: ClassVar[tuple[str, ...]] = ("obs", "reward", "dynamics")
 
     def __init__(
         self,
@@ -92,6 +108,8 @@ class WorldModel(L.LightningModule):
             hidden=hidden,
             stoch=stoch,
             classes=classes,
+            learned_initial=self._learned_initial,
+            **self._rssm_options(),
             **blocks,
         )
         feat = self.rssm.feat_dim
@@ -117,9 +135,18 @@ class WorldModel(L.LightningModule):
             mlp(feat, 1, hidden=mlp_units, layers=mlp_layers, **blocks) if continue_head else None
         )
 
+    def _rssm_options(self) -> dict[str, Any]:
+        """Extra RSSM arguments of a base (DreamerV3: unimix)."""
+        return {}
+
     @property
     def task_scales(self) -> dict[str, float]:
         """The base's own fixed weights of the harmonized tasks (1 where absent); see the agent."""
+        return {}
+
+    @property
+    def regularizer_scales(self) -> dict[str, float]:
+        """Weights of the harmonizers' regularisers log(1 + sigma) per task (1 where absent)."""
         return {}
 
     @staticmethod
@@ -138,24 +165,31 @@ class WorldModel(L.LightningModule):
             return torch.ones(*feat.shape[:-1], 1, device=feat.device, dtype=torch.float32)
         return torch.sigmoid(self.continue_head(feat).float())
 
-    def _unpack(self, batch: TensorDictBase) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(obs, action, reward, terminated) of a [B, T] batch, shape-checked."""
-        obs = batch.get(("next", self.obs_key))
-        action = batch.get("action").to(torch.get_default_dtype())
-        reward = batch.get(("next", "reward")).float()
-        terminated = batch.get(("next", "terminated")).float()
+    def _unpack(self, batch: TensorDictBase) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(obs, action, reward, is_first, is_terminal) of a [B, T] batch, shape-checked."""
+        obs = batch.get(self.obs_key)
+        action = batch.get(ACTION_KEY).to(torch.get_default_dtype())
+        reward = batch.get(REWARD_KEY).float()
+        is_first = batch.get(IS_FIRST)
+        terminal = batch.get(IS_TERMINAL).float()
         B, T = action.shape[:2]
         assert obs.shape == (B, T, *self.obs_shape), f"obs {tuple(obs.shape)} != {(B, T, *self.obs_shape)}"
         assert action.shape == (B, T, self.action_dim), f"action {tuple(action.shape)}"
-        assert reward.shape == (B, T, 1), f"reward {tuple(reward.shape)}"
-        assert terminated.shape == (B, T, 1), f"terminated {tuple(terminated.shape)}"
-        return obs, action, reward, terminated
+        for name, value in (("reward", reward), ("is_first", is_first), ("is_terminal", terminal)):
+            assert value.shape == (B, T, 1), f"{name} {tuple(value.shape)} != {(B, T, 1)}"
+        # The state before a replayed sequence is unknown: its first step starts from the initial state.
+        assert is_first[:, 0].all(), "a replayed sequence must start with is_first set"
+        return obs, action, reward, is_first, terminal
 
-    def loss(self, batch: TensorDictBase) -> tuple[dict[str, Tensor], State, dict[str, Tensor]]:
-        """Returns (named per-task losses, posterior state [B, T], detached diagnostics)."""
-        obs, action, reward, terminated = self._unpack(batch)
+    def starts(self, post: dict[str, Tensor], terminal: Tensor) -> Starts:
+        """Every posterior state as an imagination start; a terminal one has nothing to continue to."""
+        return Starts(post["deter"], post["stoch"], 1.0 - terminal.squeeze(-1))
+
+    def loss(self, batch: TensorDictBase) -> tuple[dict[str, Tensor], Starts, dict[str, Tensor]]:
+        """Returns (named per-task losses, posterior states [B, T] to imagine from, detached diagnostics)."""
+        obs, action, reward, is_first, terminal = self._unpack(batch)
         embed = self.encode(obs)
-        post = self.rssm.observe(embed, action)
+        post = self.rssm.observe(embed, action, is_first)
         feat = self.feat((post["deter"], post["stoch"]))
 
         if self.pixels:
@@ -167,17 +201,18 @@ class WorldModel(L.LightningModule):
         dyn_loss, kl = balanced_kl(
             post["post_logits"], post["prior_logits"], balance=self.kl_balance, free_nats=self.free_nats
         )
-        if self.continue_head is not None:
-            cont_loss = bernoulli_nll(self.continue_head(feat), 1.0 - terminated).mean()
-        else:
-            cont_loss = torch.zeros((), device=feat.device)
         losses = {
             "obs": obs_loss.mean(),
             "reward": reward_loss.mean(),
             "dynamics": dyn_loss,
-            "continue": cont_loss,
+            "continue": self._continue_loss(feat, terminal),
         }
-        return losses, (post["deter"], post["stoch"]), _latent_metrics(post, kl)
+        return losses, self.starts(post, terminal), _latent_metrics(post, kl)
+
+    def _continue_loss(self, feat: Tensor, terminal: Tensor) -> Tensor:
+        if self.continue_head is None:
+            return torch.zeros((), device=feat.device)
+        return bernoulli_nll(self.continue_head(feat), 1.0 - terminal).mean()
 
     @contextmanager
     def frozen(self) -> Iterator[None]:

@@ -14,15 +14,13 @@ from torch import Tensor, nn
 
 from hwm.losses import (
     TwoHot,
-    bernoulli_nll,
     categorical_kl,
     dyn_rep_kl,
     sum_squared_error,
     symlog,
     symlog_mse,
 )
-from hwm.rssm import State
-from hwm.world_model import WorldModel, _latent_metrics
+from hwm.world_model import Starts, WorldModel, _latent_metrics
 
 REWARD_BINS = 255
 
@@ -57,6 +55,7 @@ class WorldModelV3(WorldModel):
     _v3_cnn = True
     _reward_out = REWARD_BINS
     _zero_heads = True
+    _learned_initial = True
 
     def __init__(
         self,
@@ -80,6 +79,7 @@ class WorldModelV3(WorldModel):
             raise ValueError(f"dyn_scale must be > 0 and rep_scale >= 0; got {dyn_scale}, {rep_scale}")
         if not 0.0 <= unimix < 1.0:
             raise ValueError(f"unimix must be in [0, 1); got {unimix}")
+        self.unimix = unimix  # read by _rssm_options() while the parent builds the RSSM
         super().__init__(
             obs_shape,
             action_dim,
@@ -94,13 +94,21 @@ class WorldModelV3(WorldModel):
             free_nats=free_nats,
             continue_head=continue_head,
         )
-        self.rssm.unimix = unimix
         self.dyn_scale, self.rep_scale = dyn_scale, rep_scale
         self.twohot = TwoHot(REWARD_BINS)
+
+    def _rssm_options(self) -> dict[str, float]:
+        return {"unimix": self.unimix}
 
     @property
     def task_scales(self) -> dict[str, float]:
         return {"dynamics": self.dyn_scale + self.rep_scale}
+
+    @property
+    def regularizer_scales(self) -> dict[str, float]:
+        # The authors' Atari code scales the whole harmonized dynamics term, regulariser included, by
+        # dyn/(dyn+rep) and adds the representation term without a second regulariser: (5/6) log(1+sigma).
+        return {"dynamics": self.dyn_scale / (self.dyn_scale + self.rep_scale)}
 
     def encode(self, obs: Tensor) -> Tensor:
         if self.pixels:
@@ -110,10 +118,10 @@ class WorldModelV3(WorldModel):
     def reward(self, feat: Tensor) -> Tensor:
         return self.twohot.mean(self.reward_head(feat))
 
-    def loss(self, batch: TensorDictBase) -> tuple[dict[str, Tensor], State, dict[str, Tensor]]:
-        """Returns (named per-task losses, posterior state [B, T], detached diagnostics)."""
-        obs, action, reward, terminated = self._unpack(batch)
-        post = self.rssm.observe(self.encode(obs), action)
+    def loss(self, batch: TensorDictBase) -> tuple[dict[str, Tensor], Starts, dict[str, Tensor]]:
+        """Returns (named per-task losses, posterior states [B, T] to imagine from, detached diagnostics)."""
+        obs, action, reward, is_first, terminal = self._unpack(batch)
+        post = self.rssm.observe(self.encode(obs), action, is_first)
         feat = self.feat((post["deter"], post["stoch"]))
 
         if self.pixels:
@@ -124,18 +132,14 @@ class WorldModelV3(WorldModel):
         dyn, rep = dyn_rep_kl(post["post_logits"], post["prior_logits"], free=self.free_nats)
         total = self.dyn_scale + self.rep_scale
         kl_task = (self.dyn_scale * dyn.mean() + self.rep_scale * rep.mean()) / total
-        if self.continue_head is not None:
-            cont_loss = bernoulli_nll(self.continue_head(feat), 1.0 - terminated).mean()
-        else:
-            cont_loss = torch.zeros((), device=feat.device)
         losses = {
             "obs": obs_loss.mean(),
             "reward": reward_loss.mean(),
             "dynamics": kl_task,
-            "continue": cont_loss,
+            "continue": self._continue_loss(feat, terminal),
         }
         with torch.no_grad():
             kl = categorical_kl(post["post_logits"], post["prior_logits"]).mean()
         metrics = _latent_metrics(post, kl)
         metrics.update({"kl_dyn": dyn.mean().detach(), "kl_rep": rep.mean().detach()})
-        return losses, (post["deter"], post["stoch"]), metrics
+        return losses, self.starts(post, terminal), metrics
