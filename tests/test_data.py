@@ -6,11 +6,13 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from hwm.actor_critic import ActorCritic
+from hwm.actor_critic_v3 import ActorCriticV3
 from hwm.agent import HarmonyDreamAgent
 from hwm.data import ReplayDataModule
 from hwm.policy import STATE_KEYS
 from hwm.replay import add_rows, make_replay_buffer, sample_sequences, transitions_to_rows
 from hwm.world_model import WorldModel
+from hwm.world_model_v3 import WorldModelV3
 
 BATCH, SEQ, REPEAT, TIME_LIMIT = 2, 4, 2, 40  # episodes of 20 agent steps
 TINY_WM = dict(deter=16, hidden=16, stoch=4, classes=4, cnn_depth=4, mlp_units=32, mlp_layers=1)
@@ -28,6 +30,8 @@ def _build(
     prefill_frames: int = 20,
     train_ratio: float = 8.0,
     eval_episodes: int = 0,
+    pretrain: int = 0,
+    base: str = "dreamerv2",
 ):
     dm = ReplayDataModule(
         task="cartpole-balance",
@@ -42,10 +46,21 @@ def _build(
         capacity=1000,
         eval_every=0,
         eval_episodes=eval_episodes,
+        pretrain=pretrain,
     )
-    agent = HarmonyDreamAgent(
-        dm.env_info, world_model=partial(WorldModel, **TINY_WM), actor_critic=partial(ActorCritic, **TINY_AC)
-    )
+    if base == "dreamerv2":
+        agent = HarmonyDreamAgent(
+            dm.env_info,
+            world_model=partial(WorldModel, **TINY_WM),
+            actor_critic=partial(ActorCritic, **TINY_AC),
+        )
+    else:
+        agent = HarmonyDreamAgent(
+            dm.env_info,
+            base="dreamerv3",
+            world_model=partial(WorldModelV3, **TINY_WM),
+            actor_critic=partial(ActorCriticV3, **TINY_AC),
+        )
     dm.attach_policy(agent.policy())
     return dm, agent
 
@@ -114,6 +129,37 @@ def test_credit_starts_exactly_after_prefill_when_a_collect_straddles_it() -> No
     batches = list(dm.batches())
     dm.teardown("fit")
     assert len(batches) == int((60 - 10) * 3.0 / (BATCH * SEQ))
+
+
+def test_pretrain_updates_follow_the_prefill() -> None:
+    # DreamerV2 trains `pretrain` times on the prefill before acting, on top of the train ratio's updates.
+    dm, _ = _build(total_frames=120, prefill_frames=20, train_ratio=8.0, pretrain=5)
+    batches = list(dm.batches())
+    dm.teardown("fit")
+    assert len(batches) == (60 - 10) * 8.0 / (BATCH * SEQ) + 5
+
+
+@pytest.mark.parametrize("base,expected", [("dreamerv2", "DETERMINISTIC"), ("dreamerv3", "RANDOM")])
+def test_evaluation_acts_as_each_base(monkeypatch, base: str, expected: str) -> None:
+    # DreamerV3's agent evaluates with sampled actions (the Atari 100k scores come from those); DreamerV2
+    # with the actor's mode.
+    from torchrl.envs.utils import exploration_type
+
+    import hwm.policy as policy_module
+
+    dm, agent = _build(eval_episodes=1, base=base)
+    assert agent.policy().eval_exploration == getattr(ExplorationType, expected)
+    seen = set()
+    act = policy_module.DreamerPolicy._act
+
+    def spy(self, td, device):
+        seen.add(exploration_type())
+        return act(self, td, device)
+
+    monkeypatch.setattr(policy_module.DreamerPolicy, "_act", spy)
+    dm.evaluate()
+    dm.teardown("fit")
+    assert seen == {getattr(ExplorationType, expected)}
 
 
 def test_pixel_stream() -> None:

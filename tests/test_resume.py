@@ -229,6 +229,14 @@ def test_newer_format_version(workdir: Path, capfd) -> None:
     _fails_with(["--ckpt_path", "last"], workdir, capfd, "format version 99", "upgrade hwm")
 
 
+def test_older_format_version(workdir: Path, capfd) -> None:
+    path = _last(workdir)
+    checkpoint = _load(path)
+    checkpoint["hwm"]["format_version"] = 1  # replay of transitions, before episodes' steps were stored
+    torch.save(checkpoint, path)
+    _fails_with(["--ckpt_path", "last"], workdir, capfd, "format version 1", "cannot continue")
+
+
 def test_incompatible_override_is_rejected(workdir: Path, capfd) -> None:
     _fails_with(
         ["--ckpt_path", "last", "--model.world_model.deter", "48"],

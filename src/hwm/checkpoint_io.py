@@ -17,7 +17,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 # Bump when the layout under checkpoint["hwm"] changes incompatibly.
-FORMAT_VERSION = 1
+# 2: replay rows in DreamerV2/V3's step layout (reset observations stored, is_first/is_last flags).
+FORMAT_VERSION = 2
 HWM_KEY = "hwm"
 
 
@@ -98,6 +99,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has format version {version}, newer than this hwm reads "
             f"({FORMAT_VERSION}): upgrade hwm to resume it"
+        )
+    if version < FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {version}, from an hwm whose replay stored "
+            f"transitions instead of episodes' steps; this hwm ({FORMAT_VERSION}) cannot continue that run"
         )
     return checkpoint
 
