@@ -97,7 +97,8 @@ def load_reference(key: str) -> Reference:
 
 
 def _arrays(finals: Finals) -> dict[str, np.ndarray]:
-    out = {task: np.atleast_1d(np.asarray(v, dtype=np.float64)) for task, v in finals.items()}
+    """Tasks sorted by name, so that a bootstrap doesn't depend on the order the tasks came in."""
+    out = {task: np.atleast_1d(np.asarray(v, dtype=np.float64)) for task, v in sorted(finals.items())}
     if not out:
         raise ValueError("no tasks to aggregate")
     for task, v in out.items():
