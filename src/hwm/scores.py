@@ -325,12 +325,13 @@ def format_aggregates(
 
 def format_per_task(rows: Sequence[Aggregate], *, raw: bool = True, task_header: str = "task") -> str:
     """One line per task, one column per method: the mean over runs of the raw final score (or the aggregated one)."""
+
+    def num(x: float | None) -> str:  # returns in the thousands, success rates and HNS below 10
+        return "-" if x is None else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
+
     tasks = sorted({t for r in rows for t in r.per_task})
     header = [task_header, *(r.group for r in rows)]
-    lines = []
-    for t in tasks:
-        cells = [(r.per_task_raw if raw else r.per_task).get(t) for r in rows]
-        lines.append([t, *("-" if c is None else f"{c:.1f}" if raw else f"{c:.3f}" for c in cells)])
+    lines = [[t, *(num((r.per_task_raw if raw else r.per_task).get(t)) for r in rows)] for t in tasks]
     return _table(header, lines)
 
 
