@@ -272,3 +272,7 @@ def test_compare_notebook_runs_on_the_tiny_study(study: TinyStudy, tmp_path: Pat
     assert set(weights) == set(MODES)
     png = (tmp_path / "compare_weights.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # The cross-task section: the published rows (the paper's numbers) and their curves, without local runs.
+    published = {r.group: (round(100 * r.mean, 1), round(100 * r.median, 1)) for r in namespace["published"]}
+    assert published == {"HarmonyDream(V3), published": (136.4, 67.1), "DreamerV3, published": (107.4, 41.6)}
+    assert (tmp_path / "published_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,10 @@ Per group: runs, final and best value of a metric (mean over runs), the interqua
 final values with a 95% stratified-bootstrap confidence interval (rliable), and env frames. Plots: learning
 curves (mean and bootstrap CI band per group on a common env-frame grid) and the aggregate IQM interval
 plot. Works with any tracking URI the MLflow client reads (a sqlite store, a server).
+
+``--across-tasks`` (:mod:`hwm.compare_tasks`) instead sums each group up over tasks as the papers do: mean
+and median human-normalised score over Atari games (or mean success over Meta-world tasks) and the IQM over
+runs x tasks, next to the authors' published rows, with per-task learning curves.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hwm.scores import Aggregate, iqm_interval, seeded_numpy
 
 DEFAULT_METRIC = "eval/return"
 DEFAULT_GROUP_BY = "model.harmonizer_mode"
@@ -44,6 +50,8 @@ class RunCurve:
     steps: np.ndarray  # env frames
     values: np.ndarray
     frames: int  # env frames the run reached
+    task: str | None = None  # param data.task, else tag task
+    suite: str | None = None  # param data.suite, else tag suite
 
     @property
     def final(self) -> float:
@@ -92,16 +100,16 @@ def _group_value(run: Any, group_by: str) -> str | None:
     return run.data.params.get(group_by.removeprefix("params."))
 
 
-def load_runs(
-    tracking_uri: str,
-    experiment: str,
-    *,
-    metric: str = DEFAULT_METRIC,
-    group_by: str = DEFAULT_GROUP_BY,
-    study: str | None = None,
-    filter_string: str = "",
-) -> list[RunCurve]:
-    """The experiment's runs that logged ``metric``, each with its history and group (param or ``tags.X``)."""
+def _setting(run: Any, key: str) -> str | None:
+    """A run's ``data.<key>`` param, else its ``<key>`` tag (both are logged by ``hwm fit``)."""
+    value = run.data.params.get(f"data.{key}") or run.data.tags.get(key)
+    return str(value) if value else None
+
+
+def search_runs(
+    tracking_uri: str, experiment: str, *, study: str | None = None, filter_string: str = ""
+) -> list:
+    """The experiment's runs (MLflow ``Run`` objects) matching the filters, without comparison summary runs."""
     client = _client(tracking_uri)
     exp_id = _experiment_id(client, experiment)
     filters = [f for f in (filter_string, f"tags.`{STUDY_TAG}` = '{study}'" if study else "") if f]
@@ -113,6 +121,21 @@ def load_runs(
     if not runs:
         where = f" of study {study!r}" if study else ""
         raise CompareError(f"experiment {experiment!r} has no runs{where} to compare")
+    return runs
+
+
+def load_runs(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    metric: str = DEFAULT_METRIC,
+    group_by: str = DEFAULT_GROUP_BY,
+    study: str | None = None,
+    filter_string: str = "",
+) -> list[RunCurve]:
+    """The experiment's runs that logged ``metric``, each with its history and group (param or ``tags.X``)."""
+    client = _client(tracking_uri)
+    runs = search_runs(tracking_uri, experiment, study=study, filter_string=filter_string)
     with_metric = [r for r in runs if metric in r.data.metrics]
     if not with_metric:
         available = sorted({k for r in runs for k in r.data.metrics})
@@ -141,6 +164,8 @@ def load_runs(
                 steps=steps,
                 values=values,
                 frames=max(frames, int(steps[-1])),
+                task=_setting(run, "task"),
+                suite=_setting(run, "suite"),
             )
         )
     return sorted(out, key=lambda c: (c.group, c.name))
@@ -151,28 +176,6 @@ def groups(runs: Sequence[RunCurve]) -> dict[str, list[RunCurve]]:
     for run in runs:
         out.setdefault(run.group, []).append(run)
     return dict(sorted(out.items()))
-
-
-def iqm_interval(
-    scores: dict[str, np.ndarray], *, reps: int = 2000, seed: int = 0
-) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """IQM point estimates and 95% stratified-bootstrap CIs (rliable) of [runs, tasks] score matrices."""
-    from rliable import library as rly
-    from rliable import metrics
-
-    def iqm(x: np.ndarray) -> np.ndarray:
-        return np.array([metrics.aggregate_iqm(x)])
-
-    with warnings.catch_warnings():
-        # arch deprecates the random_state argument rliable passes; the result is the same.
-        warnings.simplefilter("ignore", FutureWarning)
-        point, interval = rly.get_interval_estimates(
-            scores, iqm, reps=reps, random_state=np.random.RandomState(seed)
-        )
-    return (
-        {k: float(v[0]) for k, v in point.items()},
-        {k: (float(v[0, 0]), float(v[1, 0])) for k, v in interval.items()},
-    )
 
 
 def summarize(runs: Sequence[RunCurve], *, reps: int = 2000, seed: int = 0) -> list[GroupStats]:
@@ -255,13 +258,10 @@ def group_curve(
     mean = ys.mean(0)
     if len(runs) == 1:
         return x, mean, mean, mean
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), seeded_numpy(seed):  # rliable draws from the global RNG
         warnings.simplefilter("ignore", FutureWarning)
         _, interval = rly.get_interval_estimates(
-            {"g": ys[:, None, :]},
-            lambda s: s.mean(axis=(0, 1)),
-            reps=reps,
-            random_state=np.random.RandomState(seed),
+            {"g": ys[:, None, :]}, lambda s: s.mean(axis=(0, 1)), reps=reps
         )
     return x, mean, interval["g"][0], interval["g"][1]
 
@@ -291,10 +291,14 @@ def plot_curves(
     return path
 
 
-def plot_intervals(stats: Sequence[GroupStats], path: Path, *, metric: str, group_by: str) -> Path:
+def plot_intervals(
+    stats: Sequence[GroupStats | Aggregate], path: Path, *, metric: str, group_by: str
+) -> Path:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.0, 0.6 + 0.45 * len(stats)))
+    xlabel = f"IQM of final {metric} (95% stratified bootstrap CI)"
+    longest = max(len(f"{s.group} (n={s.runs})") for s in stats)  # room for the row labels and the x label
+    fig = Figure(figsize=(max(5.0, 0.5 + 0.085 * longest + 0.07 * len(xlabel)), 0.6 + 0.45 * len(stats)))
     ax = fig.subplots()
     for i, s in enumerate(stats):
         lo = s.ci_low if s.ci_low is not None else s.iqm
@@ -302,7 +306,7 @@ def plot_intervals(stats: Sequence[GroupStats], path: Path, *, metric: str, grou
         ax.barh(i, hi - lo, left=lo, height=0.6, color=f"C{i}", alpha=0.75)
         ax.vlines(s.iqm, i - 0.3, i + 0.3, color="k", linewidth=2)
     ax.set_yticks(range(len(stats)), [f"{s.group} (n={s.runs})" for s in stats])
-    ax.set_xlabel(f"IQM of final {metric} (95% stratified bootstrap CI)")
+    ax.set_xlabel(xlabel)
     ax.set_title(f"by {group_by}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -394,7 +398,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--experiment", "-e", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
     p.add_argument("--tracking-uri", default=DEFAULT_URI, help="MLflow tracking URI (sqlite store or server)")
-    p.add_argument("--metric", default=DEFAULT_METRIC, help="metric to compare (e.g. eval/success_rate)")
+    p.add_argument(
+        "--metric",
+        default=None,
+        help=f"metric to compare (default {DEFAULT_METRIC}; across tasks eval/success_rate on Meta-world)",
+    )
     p.add_argument(
         "--group-by", default=DEFAULT_GROUP_BY, help="flattened param to group by, or tags.NAME for a tag"
     )
@@ -404,21 +412,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--log-to-mlflow", action="store_true", help="log the plots to a summary run")
+    p.add_argument(
+        "--across-tasks",
+        action="store_true",
+        help="one row per group over all tasks: mean/median human-normalised score (Atari) or success "
+        "(Meta-world) and IQM over runs x tasks, with the published rows; per-task curves in task_curves.png",
+    )
+    p.add_argument(
+        "--suite", default=None, help="with --across-tasks: the suite (default: the runs' suite tag)"
+    )
+    p.add_argument(
+        "--no-published", action="store_true", help="with --across-tasks: leave out the published Atari rows"
+    )
     return p
 
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
-    if args.reps < 1:
-        print("hwm compare: error: --reps must be >= 1", file=sys.stderr)
+    usage = "--reps must be >= 1" if args.reps < 1 else None
+    if not args.across_tasks and (args.suite or args.no_published):
+        usage = "--suite and --no-published go with --across-tasks"
+    if usage:
+        print(f"hwm compare: error: {usage}", file=sys.stderr)
         return 2
+    if args.across_tasks:
+        from hwm.compare_tasks import main_across_tasks
+
+        return main_across_tasks(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             result = compare(
                 tracking_uri=args.tracking_uri,
                 experiment=args.experiment,
-                metric=args.metric,
+                metric=args.metric or DEFAULT_METRIC,
                 group_by=args.group_by,
                 study=args.study,
                 filter_string=args.filter,
@@ -434,7 +461,9 @@ def main(argv: Sequence[str]) -> int:
         if str(w.message).startswith("group "):
             print(f"hwm compare: warning: {w.message}", file=sys.stderr)
     n = len(result.runs)
-    print(f"{args.experiment}: {n} run{'s' * (n != 1)} with {args.metric}, grouped by {args.group_by}")
+    print(
+        f"{args.experiment}: {n} run{'s' * (n != 1)} with {args.metric or DEFAULT_METRIC}, grouped by {args.group_by}"
+    )
     print(result.table)
     print("wrote " + ", ".join(str(f) for f in result.files))
     return 0
