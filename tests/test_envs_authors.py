@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 
 import ale_py
+import mujoco
 import numpy as np
 import pytest
 import torch
 
 from hwm.envs_atari import AtariEnv, area_resize, make_atari_env
+from hwm.envs_metaworld import CORNER2_POS, MetaWorldSteps, make_metaworld_env
 from hwm.suites import suite_options
 
 
@@ -118,3 +120,107 @@ def test_atari_pools_the_last_two_frames(repeat: int) -> None:
             screens.append(twin.ale.getScreenRGB())
         pooled = np.maximum(screens[-2], screens[-1]) if repeat > 1 else screens[-1]
         assert np.array_equal(obs, area_resize(pooled, 64))
+
+
+# -- Meta-world ---------------------------------------------------------------------------------------------
+
+
+def _goals(env, resets: int) -> np.ndarray:
+    # The goal-observable state ends with the goal position.
+    return np.stack([env.reset()["observation"][-3:].numpy() for _ in range(resets)])
+
+
+def test_metaworld_draws_a_new_goal_every_reset_from_its_seed() -> None:
+    env = make_metaworld_env(task="reach", from_pixels=False, seed=0)
+    goals = _goals(env, 60)
+    # Continuous resampling: no repeats in 60 episodes (MT1 picks among 50 fixed goals).
+    assert len({tuple(g) for g in goals}) == 60
+    env.set_seed(0)
+    assert np.array_equal(_goals(env, 60), goals)  # re-seeding replays the sequence
+    other = make_metaworld_env(task="reach", from_pixels=False, seed=1)
+    assert not np.array_equal(_goals(other, 3), goals[:3])
+    # Resume: the state taken before a reset makes a later reset draw the same goal.
+    inner = env.base_env._env
+    first = _goals(env, 1)
+    state = inner.episode_rng_state()
+    _goals(env, 2)
+    inner.set_episode_rng_state(state)
+    assert np.array_equal(_goals(env, 1), first)
+    for e in (env, other):
+        e.close()
+
+
+def _wood(image: np.ndarray) -> np.ndarray:
+    """Pixels of the wooden table top (HWC): brown, unlike the red arm, grey walls and white floor."""
+    r, g, b = (image[..., i].astype(int) for i in range(3))
+    return (g - b > 12) & (r - g > 15) & (r - g < 70)
+
+
+@pytest.mark.parametrize("camera", ["corner", "corner2"])
+def test_metaworld_pixels_upright_as_the_authors_saw_them(camera: str) -> None:
+    env = make_metaworld_env(task="lever-pull", camera=camera, seed=1)
+    td = env.reset()
+    assert td["pixels"].shape == (3, 64, 64) and td["pixels"].dtype == torch.uint8
+    image = td["pixels"].permute(1, 2, 0).numpy()
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # a picture, not a flat colour
+    # Upright: the table is in the lower half (mujoco's true picture of these cameras has it on top).
+    wood = _wood(image)
+    assert wood.mean() > 0.1 and wood[32:].sum() > 0.85 * wood.sum()
+    # Exactly a fresh renderer's picture read bottom-up, as mujoco-py's sim.render returned it.
+    inner = env.base_env._env
+    fresh = mujoco.Renderer(inner._env.model, 64, 64)
+    fresh.update_scene(inner._env.data, camera=camera)
+    assert np.array_equal(image, fresh.render()[::-1])
+    fresh.close()
+    pos = inner._env.model.cam("corner2").pos
+    assert np.allclose(
+        pos, CORNER2_POS if camera == "corner2" else (1.3, -0.2, 1.1)
+    )  # their fix: corner2 only
+    env.close()
+
+
+def test_metaworld_unknown_camera_lists_cameras() -> None:
+    with pytest.raises(ValueError, match="Unknown Meta-world camera 'corner9'.*corner2") as info:
+        make_metaworld_env(task="reach", camera="corner9")
+    assert "topview" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("time_limit", "repeat", "steps"), [(500, 1, 500), (500, 3, 166)])
+def test_metaworld_time_limit_in_env_steps(time_limit: int, repeat: int, steps: int) -> None:
+    # 500 env steps is Meta-world's max_path_length: the episode ends there, truncated, without raising.
+    env = make_metaworld_env(task="reach", from_pixels=False, time_limit=time_limit, action_repeat=repeat)
+    rollout = env.rollout(1000, break_when_any_done=True)
+    assert rollout.shape == (steps,)
+    assert rollout["next", "truncated"][-1].item() and not rollout["next", "terminated"].any()
+    assert env.base_env._env._env.curr_path_length == steps * repeat
+    env.close()
+
+
+class _Flags:
+    """A stand-in Meta-world env whose success flag follows a script, one value per env step."""
+
+    def __init__(self, flags: list[float]) -> None:
+        self.flags, self.steps = flags, 0
+        self.np_random = np.random.default_rng(0)
+        self.observation_space = type("S", (), {"shape": (39,)})()
+        self.action_space = type("A", (), {"low": -np.ones(4), "high": np.ones(4)})()
+
+    def reset(self) -> tuple[np.ndarray, dict]:
+        self.steps = 0
+        return np.zeros(39), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.steps += 1
+        return np.zeros(39), 1.0, False, False, {"success": self.flags[self.steps - 1]}
+
+
+def test_metaworld_success_is_sticky_and_rewards_sum_over_repeats() -> None:
+    inner = _Flags([0, 0, 0, 1, 0, 0, 0, 0])
+    steps = MetaWorldSteps(inner, from_pixels=False, repeat=2, max_agent_steps=4)
+    assert steps.reset()[0]["success"].item() == 0.0
+    out = [steps.step(np.zeros(4)) for _ in range(4)]
+    assert [o[0]["success"].item() for o in out] == [0.0, 1.0, 1.0, 1.0]  # raised at env step 4, kept
+    assert [o[1] for o in out] == [2.0] * 4 and inner.steps == 8
+    assert [o[3] for o in out] == [False, False, False, True]
+    steps.reset()
+    assert steps.step(np.zeros(4))[0]["success"].item() == 0.0  # a new episode starts unsuccessful
