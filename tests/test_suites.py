@@ -76,12 +76,6 @@ def test_metaworld_pixels_shapes_specs_and_limit(mw_pixels) -> None:
     assert rollout["next", "reward"].dtype == torch.float32
 
 
-def test_metaworld_corner2_is_flipped_upright(mw_pixels) -> None:
-    # Upright, the flat grey wall fills the top rows and the table, arm and floor the bottom ones.
-    img = mw_pixels.reset()["pixels"].float()
-    assert img[:, :8].std() < 5 < 20 < img[:, -16:].std()
-
-
 def test_metaworld_success_signal_with_scripted_policy() -> None:
     from metaworld.policies import SawyerDrawerCloseV3Policy
 
@@ -130,7 +124,7 @@ def test_atari_shapes_specs_and_actions() -> None:
     check_env_specs(env)
     td = env.reset()
     assert td["pixels"].shape == (3, 64, 64) and td["pixels"].dtype == torch.uint8
-    assert env.action_spec.shape == (18,)  # the full action set
+    assert env.action_spec.shape == (6,)  # pong's minimal action set (the default, as the authors)
     td = env.rand_step(td)
     assert td["action"].sum().item() == 1  # one-hot
     assert td["next", "reward"].shape == (1,) and td["next", "reward"].dtype == torch.float32
@@ -259,13 +253,13 @@ def _datamodule(suite: str, task: str, **kw):
 @pytest.mark.usefixtures("one_torch_thread_seeded")
 def test_atari_discrete_actions_through_collector_replay_and_model() -> None:
     dm, agent = _datamodule("atari", "pong", from_pixels=True, action_repeat=4, time_limit=64)
-    assert dm.env_info.discrete and dm.env_info.action_dim == 18
+    assert dm.env_info.discrete and dm.env_info.action_dim == 6  # pong's minimal action set
     assert agent.actor_critic.actor_grad == "reinforce"
     batches = list(dm.batches())
     assert batches
     for batch in batches:
         action = batch["action"]
-        assert action.shape == (2, 4, 18)
+        assert action.shape == (2, 4, 6)  # pong's minimal action set
         # One-hot, except at an episode's reset observation, which no action led to (zeros); is_first is
         # set there (and at the first step of every window).
         total, first = action.sum(-1), batch["is_first"].squeeze(-1)
