@@ -75,7 +75,7 @@ class ReplayDataModule(L.LightningDataModule):
         video_every: env frames between evaluations whose first episode is recorded (pixels only; the
             agent logs it and an open-loop imagination video as GIF artifacts); 0: no videos.
         seed: seeds the training env; each evaluation env uses ``seed + 1000 + episodes so far``.
-        env_options: the suite's own options, e.g. ``{sticky: 0.25, noops: 30}`` (Atari), ``{distractor:
+        env_options: the suite's own options, e.g. ``{sticky: 0.0, noops: 30}`` (Atari), ``{distractor:
             shapes, strength: 1.0}`` (distracted DMC), ``{shadows: false}`` (MuJoCo suites).
     """
 
@@ -466,7 +466,7 @@ class ReplayDataModule(L.LightningDataModule):
             )
         # The env's physics can't be restored in general; replaying the episode's reset (same RNG state)
         # makes a checkpoint taken at an episode boundary continue exactly as the run would have (DMC and
-        # Atari; Meta-world and the distractor videos start a new episode with their own RNG).
+        # Atari and Meta-world; the distractor videos start a new episode with their own RNG).
         self.collector.load_state_dict(state["collector"], strict=False)
         rng_owner = _episode_rng_owner(self.collector.env)
         if rng_owner is not None and state["episode_rng"] is not None:
