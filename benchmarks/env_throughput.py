@@ -19,7 +19,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch  # noqa: E402
 
-from hwm.suites import make_suite_env  # noqa: E402
+from hwm.envs.suites import make_suite_env  # noqa: E402
 
 # name -> (suite, task, from_pixels, action_repeat, fast_render, options)
 CASES: dict[str, tuple[str, str, bool, int, bool, dict]] = {

@@ -4,7 +4,7 @@
 
 One JSON line per case, each measured in a fresh process: median ms per frame over ``--frames`` random-action frames, rendered with
 ``physics.render`` (a new dm_control Camera per frame, what dm_control's pixel wrapper does) or with one kept
-Camera (what ``hwm.envs.CameraPixels`` does), at MuJoCo's default quality or with ``data.fast_render``'s
+Camera (what ``hwm.envs.dmc.CameraPixels`` does), at MuJoCo's default quality or with ``data.fast_render``'s
 knobs; ``mean_abs_diff`` is the mean pixel difference (0-255) from the default-quality frames of the same
 states.
 """

@@ -151,7 +151,7 @@ LAUNCHER = textwrap.dedent(
 HWM_PARAMS = textwrap.dedent(
     """
     import json, sys
-    from hwm.cli import build_cli
+    from hwm.cli.fit import build_cli
     agent = build_cli([*sys.argv[1:], "--trainer.logger", "false"]).model
     params = list(agent.parameters())
     print(json.dumps({"params": sum(p.numel() for p in params if p.requires_grad),

@@ -34,7 +34,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import torch  # noqa: E402
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 
-from hwm.cli import build_cli  # noqa: E402
+from hwm.cli.fit import build_cli  # noqa: E402
 
 QUIET = [
     "--trainer.logger",
@@ -133,7 +133,7 @@ def summarize_ops(self_s: dict[str, float], wall_s: float) -> dict[str, Any]:
 def measure(config_args: list[str], updates: int, warmup: int, profile: bool = False) -> dict[str, Any]:
     cli = build_cli([*config_args, *QUIET])
     dm, agent, trainer = cli.datamodule, cli.model, cli.trainer
-    per_step = dm.train_ratio / dm.replayed_steps  # updates per agent step
+    per_step = dm.train_ratio / (dm.batch_size * dm.seq_len)  # updates per agent step
     steps = math.ceil((warmup + updates) / per_step) + dm.steps_per_collect
     dm.total_frames = dm.prefill_frames + steps * dm.action_repeat
     meter = _Meter(warmup, profile)

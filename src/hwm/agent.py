@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
@@ -12,26 +10,35 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import MLFlowLogger
 from tensordict import TensorDictBase
 from torch import Tensor
 
-from hwm import presets
-from hwm.actor_critic import ActorCritic
-from hwm.data import EnvInfo
-from hwm.distributed import average_gradients, disable_ddp_reducer, gather_fingerprints
-from hwm.harmonizer import Harmonizer, HarmonizerMode
-from hwm.media import render_evaluation
-from hwm.policy import DreamerPolicy
-from hwm.presets import Base, Size
-from hwm.timing import Stopwatch
-from hwm.world_model import WorldModel
+from hwm.envs.common import EnvInfo
+from hwm.models import presets
+from hwm.models.actor_critic import ActorCritic
+from hwm.models.harmonizer import Harmonizer, HarmonizerMode
+from hwm.models.policy import DreamerPolicy
+from hwm.models.presets import Base, Size
+from hwm.models.world_model import WorldModel
+from hwm.training.distributed import average_gradients, disable_ddp_reducer, gather_fingerprints
+from hwm.training.frame_log import FrameLog
+from hwm.training.media import render_evaluation
+from hwm.training.stream import Stream
+from hwm.training.timing import Stopwatch
 
 
 class HarmonyDreamAgent(L.LightningModule):
     """HarmonyDream on a DreamerV2 or DreamerV3 base, trained with manual optimization (three optimizers).
 
+    The world model, the harmonizer and the actor-critic are LightningModules of their own, so each can be
+    built, moved and tested alone; only this agent trains and logs. The data stream it learns from is handed
+    in (:meth:`attach_stream`, a :class:`~hwm.training.stream.Stream`): batches come down through the
+    dataloader, counters, metrics and recorded episodes come up from the stream, and the stream collects
+    with :meth:`policy` (docs/architecture.md draws the flow).
+
     Args:
-        env_info: observation/action shapes; the CLI links it from the data module.
+        env_info: the env's facts (shapes, discrete actions); the CLI links it from the data module.
         base: ``dreamerv2`` or ``dreamerv3``: the default world-model and actor-critic classes and optimizer
             settings (the CLI sets them as defaults of the keys below, which still override them).
         size: DreamerV3 model size ``XS``, ``S``, ``M``, ``L``, ``XL`` for the default classes (null: the
@@ -90,21 +97,25 @@ class HarmonyDreamAgent(L.LightningModule):
         self.automatic_optimization = False
         self.base, self.size = base, size
         wm_size, ac_size = presets.size_options(size)
-        wm_cls, ac_cls = (_import(path) for path in presets.CLASSES[base])
+        wm_cls, ac_cls = presets.CLASSES[base]
         self.world_model = (world_model or partial(wm_cls, **wm_size))(
             tuple(env_info.obs_shape), env_info.action_dim
         )
         self.actor_critic = (actor_critic or partial(ac_cls, **ac_size))(
             self.world_model.rssm.feat_dim, env_info.action_dim, env_info.discrete
         )
-        if getattr(self.world_model, "base", base) != base:
+        if self.world_model.base != base:
             raise ValueError(
                 f"model.base is {base!r} but model.world_model is a {self.world_model.base} world model "
                 f"({type(self.world_model).__name__}); drop its class_path or pick model.base "
                 f"{self.world_model.base!r}"
             )
         if compile:
-            self._compile()
+            # In place, so state_dict keys (and checkpoints) are the same as uncompiled. dynamic=False: one
+            # specialised graph per batch shape (training, acting, evaluating).
+            for module in (self.world_model.encoder, self.world_model.decoder):
+                module.compile(dynamic=False)
+            self.actor_critic.compile_imagination()
         self.harmonizer = Harmonizer(
             self.world_model.HARMONIZED,
             mode=harmonizer_mode,
@@ -113,22 +124,17 @@ class HarmonyDreamAgent(L.LightningModule):
         )
         self.eval_sample = presets.EVAL_SAMPLE[base] if eval_sample is None else eval_sample
         self.continue_scale = continue_scale
-        given = {
-            "model_lr": model_lr,
-            "actor_lr": actor_lr,
-            "critic_lr": critic_lr,
-            "eps": eps,
-            "model_eps": model_eps,
-            "weight_decay": weight_decay,
-            "grad_clip": grad_clip,
-            "model_grad_clip": model_grad_clip,
-        }
-        table = presets.OPTIM[base]
-        optim = {k: float(v) if v is not None else table.get(k) for k, v in given.items()}
-        # Left unset, the world model shares the actor-critic's epsilon and clip (DreamerV2's one setting).
-        optim["model_eps"] = optim["model_eps"] if optim["model_eps"] is not None else optim["eps"]
-        if optim["model_grad_clip"] is None:
-            optim["model_grad_clip"] = optim["grad_clip"]
+        optim = presets.optimizer_settings(
+            base,
+            model_lr=model_lr,
+            actor_lr=actor_lr,
+            critic_lr=critic_lr,
+            eps=eps,
+            model_eps=model_eps,
+            weight_decay=weight_decay,
+            grad_clip=grad_clip,
+            model_grad_clip=model_grad_clip,
+        )
         self.model_lr, self.actor_lr, self.critic_lr = (
             optim["model_lr"],
             optim["actor_lr"],
@@ -137,39 +143,42 @@ class HarmonyDreamAgent(L.LightningModule):
         self.eps, self.model_eps, self.weight_decay = optim["eps"], optim["model_eps"], optim["weight_decay"]
         self.grad_clip, self.model_grad_clip = optim["grad_clip"], optim["model_grad_clip"]
         self.log_every = max(1, log_every)
-        self._last_log: tuple[float, int] | None = None
-        # Metrics are merged per env-frame step and written when the step moves on, so every MLflow
-        # series has strictly increasing steps. Steps up to log_floor are already in the run (a resume).
-        self._unlogged: dict[str, float] = {}
-        self._unlogged_step = -1
-        self.log_floor = -1
+        self.frame_log = FrameLog()
         self.timer = Stopwatch()
         self._timed_updates = 0
         self._grad_norms: dict[str, Tensor] = {}
         self._stepping = "model"
-        self.bar_metrics: dict[str, float] = {}
+        self._stream: Stream | None = None
         self._policy: DreamerPolicy | None = None
 
-    def _compile(self) -> None:
-        # In place (nn.Module.compile), so state_dict keys, and with them checkpoints, are the same as
-        # uncompiled. dynamic=False: one specialised graph per batch shape (training, acting, evaluating).
-        wm = self.world_model
-        for module in (wm.encoder, wm.decoder):
-            module.compile(dynamic=False)
-        self.actor_critic.imagine = torch.compile(self.actor_critic.imagine, dynamic=False)
+    # -- wiring -------------------------------------------------------------------------------------------
+    def attach_stream(self, stream: Stream) -> None:
+        """The data stream whose counters, metrics and recorded episodes this agent logs."""
+        self._stream = stream
+
+    def resume_logging_after(self, step: int) -> None:
+        """A resumed run's tracking store already has every step up to ``step``: those are not logged again."""
+        self.frame_log.skip_until(step)
 
     @property
     def updates(self) -> int:
         """Completed updates (world model + actor-critic); the actor-critic's counter is the one record."""
         return int(self.actor_critic.updates)
 
+    @property
+    def bar_metrics(self) -> Mapping[str, float]:
+        """The latest training and evaluation returns, for the progress bar."""
+        return self.frame_log.bar_metrics
+
     def policy(self) -> DreamerPolicy:
         if self._policy is None:
             # Not a registered submodule: the policy shares our networks and must not duplicate them.
             policy = DreamerPolicy(self.world_model, self.actor_critic, eval_sample=self.eval_sample)
             object.__setattr__(self, "_policy", policy)
+        assert self._policy is not None
         return self._policy
 
+    # -- training -----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         def adam(params: list[Tensor], lr: float, eps: float) -> torch.optim.Optimizer:
             # Adam with L2 weight decay added to the gradient (not AdamW's decoupled decay), as the authors'
@@ -208,7 +217,7 @@ class HarmonyDreamAgent(L.LightningModule):
             self.actor_critic.after_update()
         self._timed_updates += 1
 
-        data_metrics = self._datamodule_metrics()
+        data_metrics = self._stream.pop_metrics() if self._stream is not None else {}
         self._log_media()
         if self.updates % self.log_every == 0 or data_metrics:
             metrics: dict[str, Any] = {f"loss/{k}": v for k, v in losses.items()}
@@ -224,10 +233,10 @@ class HarmonyDreamAgent(L.LightningModule):
                 self._log(metrics)
 
     def _time_split(self) -> dict[str, float]:
-        """Milliseconds per update in each section since the last log (data module's sections included)."""
+        """Milliseconds per update in each section since the last log (the stream's sections included)."""
         seconds = self.timer.pop()
-        dm_timer = getattr(self._datamodule, "timer", None)
-        seconds.update(dm_timer.pop() if dm_timer is not None else {})
+        if self._stream is not None:
+            seconds.update(self._stream.timer.pop())
         updates, self._timed_updates = max(self._timed_updates, 1), 0
         # The harmonizer's time is part of the world model's; logged on its own for its overhead.
         return {f"time/{name}_ms": 1000 * total / updates for name, total in seconds.items()}
@@ -258,11 +267,11 @@ class HarmonyDreamAgent(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # The stream's last metrics (the final evaluation) arrive after the last training step.
-        pending = self._datamodule_metrics()
+        pending = self._stream.pop_metrics() if self._stream is not None else {}
         if pending:
             self._log(pending)
         self._log_media()
-        self.flush_logs()
+        self.frame_log.flush(self._write)
         # The stream ends only when the frame budget is spent.
         self.trainer.should_stop = True
 
@@ -271,7 +280,7 @@ class HarmonyDreamAgent(L.LightningModule):
             return
         # Same start (DDP broadcast), same averaged gradients, same optimizer states: same weights, bitwise.
         prints = gather_fingerprints(self)
-        if self.trainer.is_global_zero and self.logger is not None and hasattr(self.logger, "run_id"):
+        if self.trainer.is_global_zero and isinstance(self.logger, MLFlowLogger):
             self.logger.experiment.set_tag(self.logger.run_id, "ddp.param_fingerprints", ",".join(prints))
         if len(set(prints)) != 1:
             raise RuntimeError(f"DDP processes ended with different weights: {prints}")
@@ -279,64 +288,35 @@ class HarmonyDreamAgent(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Metrics of the current step may still grow (e.g. a final evaluation at these frames): they travel
         # with the checkpoint instead of being written now, so a step is never written twice.
-        checkpoint["unlogged_metrics"] = {"step": self._unlogged_step, "metrics": dict(self._unlogged)}
+        checkpoint["unlogged_metrics"] = self.frame_log.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        unlogged = checkpoint.get("unlogged_metrics", {"step": -1, "metrics": {}})
-        self._unlogged_step, self._unlogged = unlogged["step"], dict(unlogged["metrics"])
+        self.frame_log.load_state_dict(checkpoint.get("unlogged_metrics", {"step": -1, "metrics": {}}))
 
-    @property
-    def _datamodule(self) -> Any:
-        """The trainer's data module (None when trained without one, as in some unit tests)."""
-        return getattr(self.trainer, "datamodule", None)
-
-    def _datamodule_metrics(self) -> dict[str, float]:
-        dm = self._datamodule
-        return dm.pop_metrics() if hasattr(dm, "pop_metrics") else {}
-
+    # -- logging ------------------------------------------------------------------------------------------
     def _log_media(self) -> None:
-        """Renders the evaluation episodes the data module recorded as GIF artifacts under ``media/``."""
-        dm = self._datamodule
-        recorded = dm.pop_media() if hasattr(dm, "pop_media") else []
+        """Renders the evaluation episodes the stream recorded as GIF artifacts under ``media/``."""
+        recorded = self._stream.pop_media() if self._stream is not None else []
         logger = self.logger
-        if not recorded or logger is None or not self.trainer.is_global_zero:
+        # Only MLflow takes files here; other loggers get the metrics alone.
+        if not recorded or not isinstance(logger, MLFlowLogger) or not self.trainer.is_global_zero:
             return
-        if not hasattr(logger, "run_id") or not hasattr(logger.experiment, "log_artifact"):
-            return  # only MLflow-like loggers take files
         with tempfile.TemporaryDirectory() as tmp, torch.autocast(self.device.type, enabled=False):
-            for item in recorded:
-                for path in render_evaluation(self.world_model, item, Path(tmp)):
+            for episode in recorded:
+                for path in render_evaluation(self.world_model, episode, Path(tmp)):
                     logger.experiment.log_artifact(logger.run_id, str(path), "media")
 
-    def _counters(self) -> Mapping[str, float]:
-        return getattr(self._datamodule, "counters", {})
-
     def _log(self, metrics: dict[str, Any]) -> None:
-        counters = self._counters()
-        frames = int(counters.get("env_frames", 0))
-        now, updates = time.perf_counter(), self.updates
-        if self._last_log is not None and updates > self._last_log[1]:
-            metrics["perf/updates_per_s"] = (updates - self._last_log[1]) / max(now - self._last_log[0], 1e-9)
-        self._last_log = (now, updates)
-        metrics["progress/updates"] = updates
-        metrics["progress/env_frames"] = frames
-        metrics["progress/episodes"] = counters.get("episodes", 0)
-        flat = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in metrics.items()}
-        if frames != self._unlogged_step:
-            self.flush_logs()
-        self._unlogged.update(flat)
-        self._unlogged_step = frames
-        self.bar_metrics.update({k: flat[k] for k in ("train/episode_return", "eval/return") if k in flat})
+        counters = self._stream.counters if self._stream is not None else {}
+        self.frame_log.add(
+            metrics,
+            frames=int(counters.get("env_frames", 0)),
+            updates=self.updates,
+            episodes=counters.get("episodes", 0),
+            write=self._write,
+        )
 
-    def flush_logs(self) -> None:
-        metrics, self._unlogged = self._unlogged, {}
-        if not metrics or self._unlogged_step <= self.log_floor:
-            return
+    def _write(self, metrics: dict[str, float], step: int) -> None:
         if self.logger is not None and self.trainer.is_global_zero:
             # Keyed by env frames, the x-axis papers use; Lightning's global_step counts optimizer steps.
-            self.logger.log_metrics(metrics, step=self._unlogged_step)
-
-
-def _import(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+            self.logger.log_metrics(metrics, step=step)

@@ -1,0 +1,174 @@
+"""Periodic full-state checkpoints (by updates and by wall-clock minutes), the last few kept.
+
+Saves happen only at a clean point: after an update, when the data stream's next move is to collect
+(no replay credit left at the current frame count). Resuming there restarts nothing halfway, and every
+metric logged before the save belongs to env frames at or before it.
+
+Layout of a run directory (``<dirpath>/<mlflow run id>/``)::
+
+    update-000001000.ckpt   modules, optimizers, scaler, counters, RNG states, collector/env state
+    update-000001000.json   sidecar: counters and the replay chunks that checkpoint needs
+    last.ckpt -> update-000001000.ckpt
+    replay/replay-<start>-<end>.pt   transitions start..end-1, written once, shared by checkpoints
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from hwm.checkpoints.io import FORMAT_VERSION, HWM_KEY, atomic_symlink, atomic_write
+from hwm.checkpoints.replay_archive import REPLAY_DIR
+from hwm.training.stream import AgentProgress, CheckpointedStream
+
+LAST = "last.ckpt"
+
+
+def sidecars(run_dir: Path) -> list[dict[str, Any]]:
+    """The sidecar records of the checkpoints in ``run_dir``, oldest write first."""
+    out = []
+    for path in sorted(Path(run_dir).glob("update-*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # an interrupted write leaves no sidecar (atomic), but be lenient with strays
+        if (Path(run_dir) / record.get("file", "")).is_file():
+            out.append(record)
+    # Write order, not update count: a run resumed from an older checkpoint starts a newer timeline.
+    return sorted(out, key=lambda r: r["saved_at"])
+
+
+class PeriodicCheckpoint(Checkpoint):
+    """Writes resumable checkpoints during ``hwm fit``.
+
+    Args:
+        dirpath: root folder; each run writes to ``<dirpath>/<mlflow run id>/`` (a resumed run keeps
+            writing beside the checkpoint it resumed from).
+        every_updates: updates between checkpoints (0: not by updates).
+        every_minutes: wall-clock minutes between checkpoints (0: not by time).
+        keep_last: checkpoints kept per run; older ones and replay chunks no kept one needs are deleted.
+        save_on_train_end: also save when the frame budget is spent (resume it with a larger budget).
+    """
+
+    def __init__(
+        self,
+        *,
+        dirpath: str = "checkpoints",
+        every_updates: int = 5000,
+        every_minutes: float = 30.0,
+        keep_last: int = 3,
+        save_on_train_end: bool = True,
+    ) -> None:
+        if every_updates < 0 or every_minutes < 0:
+            raise ValueError("checkpoint.every_updates and checkpoint.every_minutes must be >= 0")
+        if keep_last < 1:
+            raise ValueError(f"checkpoint.keep_last must be >= 1; got {keep_last}")
+        self.dirpath = dirpath
+        self.every_updates, self.every_minutes = every_updates, every_minutes
+        self.keep_last, self.save_on_train_end = keep_last, save_on_train_end
+        self.run_dir: Path | None = None
+        self.run_info: dict[str, Any] = {}
+        self._stream: CheckpointedStream | None = None
+        self._agent: AgentProgress | None = None
+        self._last_time = time.monotonic()
+        # The stamp (updates first) of the last save, or of the training start.
+        self._last_saved: tuple = (-1, None, None)
+
+    def attach(self, stream: CheckpointedStream, agent: AgentProgress) -> None:
+        """What a checkpoint cuts: the data stream (its clean points, its replay) and the agent's updates."""
+        self._stream, self._agent = stream, agent
+
+    def start_run(self, run_dir: Path, run_info: dict[str, Any]) -> None:
+        """Where this run's checkpoints go (a resumed run: beside the one it resumed from), and what to
+        record about the run in each (MLflow run id, tracking URI, resolved config)."""
+        self.run_dir, self.run_info = Path(run_dir), dict(run_info)
+
+    def _stamp(self) -> tuple:
+        """Changes whenever the training state does; the same on every DDP process."""
+        assert self._stream is not None and self._agent is not None, "attach() comes before training"
+        return (self._agent.updates, self._stream.counters.get("env_frames"), self._stream.stream_finished)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The CLI knows the MLflow run (hence the folder) on rank 0 only.
+        self.run_dir, self.run_info = trainer.strategy.broadcast((self.run_dir, self.run_info), src=0)
+        if self.run_dir is not None and self._stream is not None:
+            # Before Lightning restores a checkpoint: a resumed stream reads its replay from there.
+            self._stream.use_replay_dir(self.run_dir)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_time = time.monotonic()
+        self._last_saved = self._stamp()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        assert self._stream is not None and self._agent is not None, "attach() comes before training"
+        if not self._stream.at_collect_boundary:
+            return
+        updates = self._agent.updates
+        by_updates = self.every_updates and updates - self._last_saved[0] >= self.every_updates
+        by_time = self.every_minutes and time.monotonic() - self._last_time >= self.every_minutes * 60
+        if self.every_minutes and trainer.world_size > 1:
+            # Saving is collective: every process must agree, and their clocks don't.
+            by_time = trainer.strategy.broadcast(by_time, src=0)
+        if by_updates or by_time:
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The stream's end (a final evaluation) may follow the last periodic save.
+        if self.save_on_train_end and self._stamp() != self._last_saved:
+            self.save(trainer, pl_module)
+
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        if self.run_dir is None:
+            raise RuntimeError("PeriodicCheckpoint.start_run() is called by the CLI before training")
+        assert self._stream is not None and self._agent is not None, "attach() comes before training"
+        updates = self._agent.updates
+        name = f"update-{updates:09d}.ckpt"
+        path = self.run_dir / name
+        self._stream.use_replay_dir(self.run_dir)
+        trainer.save_checkpoint(path, weights_only=False)
+        if trainer.is_global_zero:
+            record = {
+                "file": name,
+                "updates": updates,
+                "env_frames": int(self._stream.counters["env_frames"]),
+                "replay_files": list(self._stream.replay_files),
+                "saved_at": time.time(),
+                "format_version": FORMAT_VERSION,
+                **{k: v for k, v in self.run_info.items() if k != "config"},
+            }
+            atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(record, indent=1).encode()))
+            atomic_symlink(name, self.run_dir / LAST)
+            self._prune()
+            rank_zero_info(f"hwm: checkpoint {path} ({updates} updates, {record['env_frames']} env frames)")
+        self._last_time = time.monotonic()
+        self._last_saved = self._stamp()
+        return path
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        assert self._agent is not None, "attach() comes before training"
+        checkpoint[HWM_KEY] = {
+            "format_version": FORMAT_VERSION,
+            "updates": self._agent.updates,
+            "saved_at": time.time(),
+            **self.run_info,
+        }
+
+    def _prune(self) -> None:
+        """Keeps the newest ``keep_last`` checkpoints and the replay chunks they list."""
+        assert self.run_dir is not None
+        records = sidecars(self.run_dir)
+        for old in records[: max(0, len(records) - self.keep_last)]:
+            (self.run_dir / old["file"]).unlink(missing_ok=True)
+            (self.run_dir / old["file"]).with_suffix(".json").unlink(missing_ok=True)
+        needed = {f for r in records[-self.keep_last :] for f in r["replay_files"]}
+        for chunk in (self.run_dir / REPLAY_DIR).rglob("*.pt"):
+            if chunk.relative_to(self.run_dir).as_posix() not in needed:
+                chunk.unlink(missing_ok=True)

@@ -1,0 +1,176 @@
+"""`hwm fit` on LightningCLI: the parser (typed constructors as config), building the run's objects, and
+handing each its collaborators (``wire``)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from argparse import ArgumentError
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from jsonargparse import ArgumentParser
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from hwm.agent import HarmonyDreamAgent
+from hwm.checkpoints.callback import PeriodicCheckpoint
+from hwm.checkpoints.io import AtomicCheckpointIO
+from hwm.cli.errors import ConfigError, explain_parse_error, one_line
+from hwm.cli.prescan import last_value
+from hwm.data.datamodule import ReplayDataModule
+from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI
+from hwm.models import presets
+from hwm.training.progress import FrameProgressBar
+
+
+class HwmCLI(LightningCLI):
+    """LightningCLI with hwm's groups (``progress_bar``, ``checkpoint``) and defaults; the run's objects are
+    ``model`` (the agent), ``datamodule`` and ``trainer``."""
+
+    def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
+        # The agent's network shapes come from the env the data module built.
+        parser.link_arguments("data.env_info", "model.env_info", apply_on="instantiate")
+        parser.add_lightning_class_args(FrameProgressBar, "progress_bar")
+        parser.add_lightning_class_args(PeriodicCheckpoint, "checkpoint")
+        # Read by main() before parsing (the checkpoint's config becomes the base config); listed for --help.
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from a checkpoint: a .ckpt file, a run folder, or 'last' (newest under "
+            "--checkpoint.dirpath, default checkpoints/)",
+        )
+        parser.set_defaults(
+            {
+                # One epoch = the data stream until the frame budget is spent; the agent then stops the
+                # trainer. Unbounded here so a resumed run (whose last epoch ended) can continue.
+                "trainer.max_epochs": -1,
+                "trainer.num_sanity_val_steps": 0,
+                "trainer.limit_val_batches": 0,
+                "trainer.use_distributed_sampler": False,
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.MLFlowLogger",
+                    "init_args": {"experiment_name": DEFAULT_EXPERIMENT, "tracking_uri": DEFAULT_URI},
+                },
+            }
+        )
+
+    def parse_arguments(self, parser: ArgumentParser, args: Any) -> None:
+        # model.base / model.size choose the classes and their defaults before parsing, so that every
+        # explicit key (model.world_model.init_args.deter, ...) still overrides the preset.
+        if isinstance(args, (list, tuple)):
+            base = last_value(args, "model.base", "dreamerv2")
+            parser.set_defaults(presets.defaults(base, last_value(args, "model.size")))
+        super().parse_arguments(parser, args)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        if config.get("enable_checkpointing") is False:
+            # Lightning refuses a checkpoint callback when checkpointing is off: honour the switch instead.
+            callbacks = [cb for cb in callbacks if not isinstance(cb, PeriodicCheckpoint)]
+        if config.get("enable_progress_bar") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, FrameProgressBar)]
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, callbacks)
+
+    @property
+    def agent(self) -> HarmonyDreamAgent:
+        assert isinstance(self.model, HarmonyDreamAgent)
+        return self.model
+
+    @property
+    def data(self) -> ReplayDataModule:
+        assert isinstance(self.datamodule, ReplayDataModule)
+        return self.datamodule
+
+    def config_yaml(self) -> str:
+        return self.parser.dump(self.config, skip_none=False, skip_check=True)
+
+    def periodic_checkpoint(self) -> PeriodicCheckpoint | None:
+        return next((cb for cb in self.trainer.callbacks if isinstance(cb, PeriodicCheckpoint)), None)
+
+    def wire(self) -> None:
+        """Hands each object its collaborators (docs/architecture.md): the stream to the agent and the
+        callbacks, the agent (its policy, its counters) to the stream and the callbacks."""
+        agent, data = self.agent, self.data
+        agent.attach_stream(data)
+        data.attach_agent(agent)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, (PeriodicCheckpoint, FrameProgressBar)):
+                callback.attach(data, agent)
+
+
+SEED_LOG = "lightning.fabric.utilities.seed"
+RANK_ZERO_LOG = "lightning.pytorch.utilities.rank_zero"
+# TorchRL announces every storage it allocates on stdout; keep stdout for results.
+logging.getLogger("torchrl").setLevel(logging.WARNING)
+# An advertisement Lightning prints on every run; nothing to act on.
+logging.getLogger(RANK_ZERO_LOG).addFilter(lambda record: "litlogger" not in record.getMessage())
+
+
+@contextmanager
+def held_logs(*names: str) -> Iterator[None]:
+    """Holds back loggers' records; replays them only if the block succeeds.
+
+    LightningCLI seeds (and logs "Seed set to N") before it builds the classes: a bad task would
+    otherwise put that line in front of the one-line error.
+    """
+    held: list[tuple[logging.Logger, logging.LogRecord]] = []
+
+    class _Hold(logging.Filter):
+        def __init__(self, log: logging.Logger) -> None:
+            super().__init__()
+            self.log = log
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            held.append((self.log, record))
+            return False
+
+    holds = [_Hold(logging.getLogger(name)) for name in names]
+    for hold in holds:
+        hold.log.addFilter(hold)
+    try:
+        yield
+    finally:
+        for hold in holds:
+            hold.log.removeFilter(hold)
+    for log, record in held:
+        log.handle(record)
+
+
+def build_cli(args: Sequence[str]) -> HwmCLI:
+    """Parses, instantiates and wires; raises ConfigError for anything the user got wrong."""
+    # main() hands LightningCLI the args after the subcommand on purpose.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    # Lightning 2.6's batch flattening calls torch 2.13's deprecated LeafSpec(): not ours to act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # training_step(dataloader_iter) is deliberate (no prefetch: clean checkpoints), experimental or not.
+    warnings.filterwarnings("ignore", message=r"Found `dataloader_iter` argument")
+    warnings.filterwarnings("ignore", message=r"You are using the `dataloader_iter` step flavor")
+    try:
+        with held_logs(SEED_LOG):
+            cli = HwmCLI(
+                HarmonyDreamAgent,
+                ReplayDataModule,
+                run=False,
+                args=list(args),
+                save_config_callback=None,
+                seed_everything_default=0,
+                parser_kwargs={"exit_on_error": False, "prog": "hwm fit", "parser_mode": "omegaconf"},
+                auto_configure_optimizers=False,
+            )
+    except SystemExit:
+        raise
+    except (ArgumentError, KeyError) as exc:  # jsonargparse: unknown keys, wrong types, missing files
+        raise ConfigError(explain_parse_error(exc)) from exc
+    except (ValueError, FileNotFoundError, MisconfigurationException) as exc:
+        raise ConfigError(one_line(exc)) from exc
+    cli.wire()
+    return cli

@@ -1,0 +1,163 @@
+"""`hwm fit --ckpt_path ...`: the checkpoint's config becomes the base config, overrides are checked, and the
+run continues in the same MLflow run and checkpoint folder."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch.loggers import MLFlowLogger
+
+from hwm.checkpoints.io import HWM_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
+from hwm.checkpoints.replay_archive import ReplayArchive
+from hwm.checkpoints.validate import (
+    IGNORED_KEYS,
+    check_state_dict,
+    config_changes,
+    describe,
+    flatten,
+    resolve_ckpt_path,
+    split_changes,
+)
+from hwm.cli.errors import ConfigError
+from hwm.cli.fit import HwmCLI, build_cli
+from hwm.cli.prescan import PrescanError, config_paths, flag_value, pop_flag, read_config, split_config_files
+from hwm.data.datamodule import ReplayDataModule
+from hwm.experiments.tracking import upgrade_class_paths
+
+RUN_ID_KEY = "--trainer.logger.init_args.run_id"
+
+
+@dataclass
+class Resume:
+    """A validated resume: the checkpoint, its path, and the safe overrides given now."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+    applied: list[tuple[str, Any, Any]]
+    # Config-file values the checkpoint's own settings took precedence over: (key, file, checkpoint).
+    shadowed: list[tuple[str, Any, Any]] = field(default_factory=list)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.checkpoint[HWM_KEY]
+
+    @property
+    def stream_state(self) -> Mapping[str, Any]:
+        state = datamodule_state(self.checkpoint)
+        assert state is not None, "load_for_resume() checked it"
+        return state
+
+    @property
+    def number(self) -> int:
+        """1 for the first resume of a run, 2 for the next, ..."""
+        return int(self.stream_state["counters"].get("resumes", 0)) + 1
+
+    @property
+    def env_frames(self) -> int:
+        return int(self.stream_state["counters"]["env_frames"])
+
+
+def datamodule_state(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The data module's state in a Lightning checkpoint (Lightning keys it by the class's qualname)."""
+    return checkpoint.get(ReplayDataModule.__qualname__)
+
+
+def load_for_resume(path: Path) -> dict[str, Any]:
+    """Reads the checkpoint and checks that the replay files it lists are all there and intact."""
+    checkpoint = read_checkpoint(path)
+    state = datamodule_state(checkpoint)
+    if not isinstance(state, Mapping) or state.get("replay") is None:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no replay buffer state")
+    for rank_state in state.get("ranks", [state]):  # DDP: one replay shard per process
+        replay = rank_state["replay"]
+        ReplayArchive.verify(path.parent, replay["chunks"], replay["write_count"], replay["capacity"])
+    for key in ("config", "run_id"):
+        if key not in checkpoint[HWM_KEY]:
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks its run's {key}")
+    # Checkpoints written before hwm's package layout name the old module paths of their classes.
+    checkpoint[HWM_KEY]["config"] = upgrade_class_paths(checkpoint[HWM_KEY]["config"])
+    return checkpoint
+
+
+def build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
+    """Builds a new run, or (with ``--ckpt_path``) the run a checkpoint continues, checked."""
+    try:
+        args, ckpt_arg = pop_flag(args, "--ckpt_path")
+    except PrescanError as exc:
+        raise ConfigError(f"{exc}: a .ckpt file, a run folder or 'last'") from exc
+    if ckpt_arg is None:
+        return build_cli(args), None
+    path = resolve_ckpt_path(ckpt_arg, flag_value(args, "--checkpoint.dirpath") or "checkpoints")
+    checkpoint = load_for_resume(path)
+    saved = {k: v for k, v in yaml.safe_load(checkpoint[HWM_KEY]["config"]).items() if k not in IGNORED_KEYS}
+    files, overrides = split_config_files(args)
+    run_id = checkpoint[HWM_KEY]["run_id"]
+    if run_id is not None and flag_value(overrides, RUN_ID_KEY) is None:
+        # The logger then appends to the checkpoint's MLflow run instead of creating one.
+        overrides = [*overrides, RUN_ID_KEY, str(run_id)]
+    with tempfile.TemporaryDirectory() as tmp:
+        # Config files given now < the checkpoint's config (it holds the run's original command-line
+        # overrides, which a resume must not drop) < --key value overrides given now.
+        base = Path(tmp, "checkpoint_config.yaml")
+        base.write_text(yaml.safe_dump(saved))
+        cli = build_cli([*files, "--config", str(base), *overrides])
+    resume = check_resume(cli, path, checkpoint)
+    resume.shadowed = _shadowed(config_paths(files), overrides, saved)
+    return cli, resume
+
+
+def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:
+    """Rejects overrides that would break the run and weights that don't fit; prepares the rest."""
+    old = yaml.safe_load(checkpoint[HWM_KEY]["config"])
+    changes = config_changes(old, yaml.safe_load(cli.config_yaml()))
+    applied, rejected = split_changes([c for c in changes if c[0] != RUN_ID_KEY[2:]])
+    if rejected:
+        raise ConfigError(
+            f"cannot resume {path} with a changed {describe(rejected)}: that changes what the run "
+            "learns or holds; start a new run (without --ckpt_path) to use it"
+        )
+    check_state_dict(checkpoint, cli.agent)
+    resume = Resume(path, checkpoint, applied)
+    run_id = resume.meta["run_id"]
+    if run_id is not None and isinstance(cli.trainer.logger, MLFlowLogger):
+        import mlflow
+
+        tracking_uri = cli.config.get("trainer.logger.init_args.tracking_uri")
+        client = mlflow.MlflowClient(tracking_uri)
+        try:
+            client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            raise ConfigError(
+                f"the checkpoint's MLflow run {run_id} is not in the tracking store {tracking_uri!r} "
+                "(pass the store it was logged to as --trainer.logger.init_args.tracking_uri)"
+            ) from exc
+        history = client.get_metric_history(run_id, "progress/env_frames")
+        # Steps the interrupted process logged after this checkpoint are not logged a second time.
+        cli.agent.resume_logging_after(max((m.step for m in history), default=-1))
+    io = cli.trainer.strategy.checkpoint_io
+    if isinstance(io, AtomicCheckpointIO):
+        io.preload(path, checkpoint)
+    return resume
+
+
+def _shadowed(files: list[Path], overrides: list[str], saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Values of the given config files that differ from the checkpoint's (and aren't overridden now)."""
+
+    def plain(key: str) -> str:  # `model.world_model.deter` and `...world_model.init_args.deter` alike
+        return key.replace(".init_args.", ".")
+
+    from_files: dict[str, Any] = {}
+    for path in files:
+        from_files.update({plain(k): v for k, v in flatten(read_config(path)).items()})
+    from_saved = {plain(k): v for k, v in flatten(saved).items()}
+    given = {plain(a[2:].split("=", 1)[0]) for a in overrides if a.startswith("--")}
+    return [
+        (k, v, from_saved[k])
+        for k, v in sorted(from_files.items())
+        if k in from_saved and from_saved[k] != v and k not in given and k.split(".")[0] not in IGNORED_KEYS
+    ]

@@ -1,0 +1,348 @@
+"""Lightning data module: a TorchRL collector feeds a sequence replay buffer at a fixed train ratio."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from tensordict import TensorDictBase
+from torch.utils.data import DataLoader, IterableDataset
+
+from hwm.checkpoints.io import CheckpointError
+from hwm.data.collection import Collection, TrainRatio, prefill_share, transitions_to_rows
+from hwm.data.evaluation import Evaluator
+from hwm.data.replay import SequenceReplay
+from hwm.envs.common import EnvInfo
+from hwm.envs.suites import EnvConfig
+from hwm.models.policy import DreamerPolicy
+from hwm.training.distributed import gather_objects
+from hwm.training.media import EvalEpisode
+from hwm.training.rng import rng_states, set_rng_states
+from hwm.training.stream import PolicySource
+from hwm.training.timing import Stopwatch
+
+
+class ReplayDataModule(L.LightningDataModule):
+    """Collects with the agent's policy and replays fixed-length sequences: the
+    :class:`~hwm.training.stream.CheckpointedStream` the agent and the callbacks read.
+
+    Budgets are in env frames (agent steps x action repeat), as papers report them. The stream ends when
+    ``total_frames`` are collected, which ends the Lightning epoch and the run. The replay keeps every step
+    of every episode, reset observations included (``hwm.data.replay``).
+
+    Args:
+        suite: ``dmc``, ``distracted_dmc``, ``metaworld`` or ``atari``.
+        task: the suite's task: DMC ``domain-task`` (``cartpole-balance``), a Meta-world task
+            (``lever-pull``), an Atari game (``pong``).
+        from_pixels: 64x64 RGB observations instead of state vectors.
+        action_repeat: env frames per agent step.
+        time_limit: episode length in env frames.
+        total_frames: env-frame budget of the run.
+        prefill_frames: random-action frames collected before the first update.
+        pretrain: extra updates right after the prefill (DreamerV2: 100), beyond the train ratio's.
+        train_ratio: replayed steps per agent step (DreamerV3's definition): each collected agent step earns
+            ``train_ratio / (batch_size * seq_len)`` updates.
+        batch_size, seq_len: replay batch shape.
+        capacity: replay capacity in stored steps (agent steps plus one reset observation per episode).
+        cross_episodes: replayed windows may cross episode boundaries (DreamerV3's replay); else each lies
+            inside one episode (DreamerV2's).
+        ongoing: windows of the episode still being collected may be replayed (DreamerV3); DreamerV2
+            replays finished episodes only.
+        ends_priority: the window that ends an episode weighs ``1 + ends_priority`` times the others
+            (DreamerV2's ``prioritize_ends``: 50 on Meta-world; 0 is uniform).
+        eval_every: env frames between evaluation runs (0: only at the end).
+        eval_episodes: episodes per evaluation (the agent's evaluation policy: see ``model.eval_sample``).
+        fast_render: MuJoCo offscreen quality knobs that keep the picture but render 3-4x faster.
+        video_every: env frames between evaluations whose first episode is recorded (pixels only; the
+            agent logs it and an open-loop imagination video as GIF artifacts); 0: no videos.
+        seed: seeds the training env; each evaluation env uses ``seed + 1000 + episodes so far``.
+        env_options: the suite's own options, e.g. ``{sticky: 0.0, noops: 30}`` (Atari), ``{distractor:
+            shapes, strength: 1.0}`` (distracted DMC), ``{shadows: false}`` (MuJoCo suites).
+    """
+
+    def __init__(
+        self,
+        *,
+        suite: str = "dmc",
+        task: str = "cartpole-balance",
+        from_pixels: bool = False,
+        image_size: int = 64,
+        action_repeat: int = 2,
+        time_limit: int = 1000,
+        total_frames: int = 100_000,
+        prefill_frames: int = 5_000,
+        pretrain: int = 0,
+        train_ratio: float = 160.0,
+        batch_size: int = 16,
+        seq_len: int = 50,
+        capacity: int = 1_000_000,
+        cross_episodes: bool = False,
+        ongoing: bool = False,
+        ends_priority: float = 0.0,
+        eval_every: int = 10_000,
+        eval_episodes: int = 5,
+        fast_render: bool = True,
+        video_every: int = 0,
+        seed: int = 0,
+        env_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("total_frames", total_frames), ("batch_size", batch_size), ("seq_len", seq_len)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1; got {value}")
+        if train_ratio <= 0:
+            raise ValueError(f"data.train_ratio must be > 0; got {train_ratio}")
+        if not cross_episodes and time_limit // action_repeat + 1 < seq_len:
+            raise ValueError(
+                f"data.seq_len ({seq_len}) is longer than an episode ({time_limit} frames / action_repeat "
+                f"{action_repeat} = {time_limit // action_repeat} steps, plus the reset observation): no "
+                "sequence could ever be sampled (data.cross_episodes: true lets windows span episodes)"
+            )
+        if from_pixels and image_size != 64:
+            raise ValueError(
+                f"data.image_size must be 64 for pixels (the DreamerV2 CNN's input); got {image_size}"
+            )
+        if min(prefill_frames, pretrain, eval_every, eval_episodes, video_every) < 0:
+            raise ValueError(
+                "data.prefill_frames, data.pretrain, data.eval_every, data.eval_episodes and data.video_every "
+                "must be >= 0"
+            )
+        common = (suite, task, from_pixels, image_size, action_repeat, time_limit, fast_render)
+        self.env_config = EnvConfig(*common, dict(env_options or {}))
+        self.action_repeat = action_repeat
+        self.total_frames, self.prefill_frames, self.pretrain = total_frames, prefill_frames, pretrain
+        self.train_ratio, self.batch_size, self.seq_len = train_ratio, batch_size, seq_len
+        self.seed = seed
+        # Probing the env here (not in setup) validates the task early and lets the CLI hand its facts to
+        # the agent's constructor.
+        self.env_info: EnvInfo = self.env_config.probe(seed)
+        self.evaluator = Evaluator(
+            self.env_config, self.env_info, episodes=eval_episodes, every=eval_every,
+            video_every=video_every, seed=seed,
+        )  # fmt: skip
+        # dropped_steps: agent steps of episodes cut short by a resume (their steps stay in the replay).
+        self.counters: dict[str, float] = dict.fromkeys(
+            ("env_frames", "agent_steps", "episodes", "credit", "evaluations", "resumes", "dropped_steps"), 0
+        )
+        self._pending: dict[str, float] = {}
+        self._media: list[EvalEpisode] = []
+        self.collection: Collection | None = None
+        self.replay = SequenceReplay(
+            capacity=capacity,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            cross_episodes=cross_episodes,
+            ongoing=ongoing,
+            ends_priority=ends_priority,
+        )
+        self._agent: PolicySource | None = None
+        self._resume_rng: dict[str, Any] | None = None
+        # Under DDP each process owns an env, a collector and a replay shard; counters and budgets are global.
+        self.rank, self.world_size = 0, 1
+        self.stream_finished = False
+        self.replay_files: list[str] = []
+        self.timer = Stopwatch()
+
+    # -- wiring -------------------------------------------------------------------------------------------
+    def attach_agent(self, agent: PolicySource) -> None:
+        """The agent whose policy collects and evaluates; its collector is built in ``setup``."""
+        self._agent = agent
+
+    def use_replay_dir(self, path: Path) -> None:
+        """Where saved states write their replay chunks and restored ones read them (the run folder)."""
+        self.replay.directory = Path(path)
+
+    def setup(self, stage: str) -> None:
+        if self._agent is None or self.collection is not None:
+            return
+        self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        if self.world_size > 1:
+            # Identical weights come from DDP's broadcast; exploration and replay sampling must differ.
+            L.seed_everything(self.seed + self.rank, verbose=False)
+            self.replay.archive.shard(self.rank)
+        self.attach_policy(self._agent.policy())
+
+    def attach_policy(self, policy: DreamerPolicy) -> None:
+        """Builds the collection around the agent's recurrent policy (its latent rides in the tensordict)."""
+        self.collection = Collection(
+            self.env_config,
+            self.env_info,
+            policy,
+            seed=self.seed + 10_007 * self.rank,
+            steps_per_collect=self.steps_per_collect,
+            prefill_steps=prefill_share(self.prefill_frames, self.action_repeat, self.world_size),
+        )
+
+    @property
+    def steps_per_collect(self) -> int:
+        """Agent steps per collector batch: one update's worth when updates are rarer than steps."""
+        return max(1, round(self.batch_size * self.seq_len / self.train_ratio))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_ReplayStream(self), batch_size=None, num_workers=0, collate_fn=_identity)
+
+    # -- the stream -----------------------------------------------------------------------------------------
+    @property
+    def at_collect_boundary(self) -> bool:
+        """True when the stream's next move is to collect: the clean point for a checkpoint."""
+        return self.counters["credit"] < 1.0 or not self.replay.ready
+
+    def batches(self) -> Iterator[TensorDictBase]:
+        assert self.collection is not None, "attach_policy() must run before batches()"
+        self.stream_finished = False
+        if self._resume_rng is not None:
+            # Restored as late as possible: anything between loading and here may draw random numbers.
+            set_rng_states(self._resume_rng)
+            self._resume_rng = None
+        prefill_steps = self.prefill_frames // self.action_repeat
+        # One update replays world_size batches (one per process) for world_size agent steps collected.
+        per_step = self.train_ratio / (self.batch_size * self.seq_len * self.world_size)
+        ratio = TrainRatio(per_step, prefill_steps, self.pretrain)
+        if self.counters["agent_steps"] < prefill_steps:
+            # The progress bar only appears with the first batch, i.e. after the prefill.
+            rank_zero_info(
+                f"hwm: prefilling the replay buffer with {self.prefill_frames} random-action env frames"
+            )
+        # A resumed stream starts where a checkpoint left it: after its updates, before these checks.
+        if self._evaluate_if_due():
+            self._final_evaluation()
+            return
+        collected = iter(self.collection)
+        while True:
+            with self.timer("collect"):
+                data = next(collected, None)
+                if data is None:
+                    break
+                self._ingest(data)
+            steps = data.numel() * self.world_size
+            self.counters["credit"] += ratio.earned(self.counters["agent_steps"] - steps, steps)
+            while self.counters["credit"] >= 1.0 and self.replay.ready:
+                self.counters["credit"] -= 1.0
+                with self.timer("replay"):
+                    batch = self.replay.sample()
+                yield batch
+            if self._evaluate_if_due():
+                break
+        self._final_evaluation()
+        self.stream_finished = True
+
+    def _evaluate_if_due(self) -> bool:
+        """Runs a periodic evaluation when one is due; True once the frame budget is spent."""
+        if self.evaluator.due(self.counters["env_frames"]):
+            self.evaluate()
+        return self.counters["env_frames"] >= self.total_frames
+
+    def _final_evaluation(self) -> None:
+        if self.evaluator.episodes and not self.evaluator.done_at(self.counters["env_frames"]):
+            self.evaluate()
+
+    def _ingest(self, data: TensorDictBase) -> None:
+        assert self.collection is not None
+        data = data.reshape(-1)
+        self.replay.add(transitions_to_rows(data, self.env_config.obs_key))
+        collected = self.collection.ingest(data)
+        # Global counts: every process collects the same number of steps per collect.
+        self.counters["agent_steps"] += collected.steps * self.world_size
+        self.counters["env_frames"] += collected.steps * self.action_repeat * self.world_size
+        if collected.episodes:
+            self.counters["episodes"] += collected.episodes
+            self._pending.update(collected.metrics, **{"train/episodes": self.counters["episodes"]})
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Runs the evaluation episodes; queues their metrics (and a recording) for the agent to log."""
+        if not self.evaluator.episodes:
+            return float("nan")
+        frames = self.counters["env_frames"]
+        self.counters["evaluations"] += 1
+        if self.rank != 0:  # one process evaluates (and logs); the others move on to the next update
+            self.evaluator.skip(frames)
+            return float("nan")
+        assert self.collection is not None, "attach_policy() must run before evaluate()"
+        collection = self.collection
+        with self.timer("evaluate"):
+            metrics, recorded = self.evaluator.run(
+                collection.policy, collection.make_env, frames, self.counters["episodes"]
+            )
+        self._pending.update(metrics)
+        if recorded is not None:
+            self._media.append(recorded)
+        return metrics["eval/return"]
+
+    def pop_media(self) -> list[EvalEpisode]:
+        """Recorded evaluation episodes since the last call (the agent renders and logs them)."""
+        out, self._media = self._media, []
+        return out
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Metrics gathered since the last call (the agent logs them: only it logs)."""
+        out, self._pending = self._pending, {}
+        return out
+
+    # -- checkpointing ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, evaluation schedule, replay (as chunk files under the replay dir), collector and RNGs.
+
+        Under DDP every process writes its replay shard and contributes its state: the result (saved by
+        rank 0) is rank 0's state plus ``ranks``, every process's state.
+        """
+        own = self._own_state()
+        if self.world_size == 1:
+            self.replay_files = self.replay.files
+            return own
+        states = gather_objects(own)
+        self.replay_files = [c["file"] for st in states if st["replay"] for c in st["replay"]["chunks"]]
+        return {**states[0], "ranks": states}
+
+    def _own_state(self) -> dict[str, Any]:
+        assert self.collection is not None, "state_dict() is taken during training"
+        return {
+            "counters": dict(self.counters),
+            **self.evaluator.state_dict(),
+            **self.collection.state_dict(),
+            "rng": rng_states(),
+            "replay": self.replay.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a checkpoint's stream; the episode in flight then restarts from its own start state."""
+        assert self.collection is not None, "setup() builds the collection before a checkpoint is loaded"
+        ranks = len(state.get("ranks", [state]))
+        if ranks != self.world_size:
+            raise CheckpointError(
+                f"the checkpoint was written by {ranks} processes; this run has {self.world_size}"
+            )
+        state = state["ranks"][self.rank] if "ranks" in state else state
+        if state.get("replay") is None:
+            raise CheckpointError(
+                "the checkpoint holds no replay buffer (not written by hwm's checkpointing)"
+            )
+        self.replay.load_state_dict(state["replay"])
+        self.counters.update(state["counters"])
+        self.evaluator.load_state_dict(state, self.counters["env_frames"])
+        self.counters["dropped_steps"] += self.collection.load_state_dict(state)
+        self.counters["resumes"] += 1
+        self._resume_rng = state["rng"]
+
+    def teardown(self, stage: str) -> None:
+        if self.collection is not None:
+            self.collection.close()
+            self.collection = None
+        self.evaluator.close()
+
+
+def _identity(batch: TensorDictBase) -> TensorDictBase:
+    # The default conversion would turn the TensorDict into a plain dict.
+    return batch
+
+
+class _ReplayStream(IterableDataset):
+    def __init__(self, datamodule: ReplayDataModule) -> None:
+        self.datamodule = datamodule
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        return self.datamodule.batches()

@@ -1,0 +1,130 @@
+"""Periodic evaluation: episodes with the agent's evaluation policy on an env of their own, their metrics,
+and now and then a recorded episode for the media the agent logs."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import set_exploration_type
+
+from hwm.envs.common import SUCCESS_KEY, EnvInfo
+from hwm.envs.suites import EnvConfig
+from hwm.models.policy import DreamerPolicy
+from hwm.training.media import EvalEpisode
+
+
+class Evaluator:
+    """Runs ``episodes`` evaluation episodes every ``every`` env frames (0: only at the end).
+
+    Each evaluation re-seeds one env kept for the run (a pixel env owns a GL context) with ``seed + 1000 +
+    the training episodes so far``; with ``video_every`` (pixels only) the first episode of an evaluation
+    at least that many frames after the last recorded one is kept as an :class:`EvalEpisode`.
+    """
+
+    def __init__(
+        self,
+        env_config: EnvConfig,
+        info: EnvInfo,
+        *,
+        episodes: int,
+        every: int,
+        video_every: int,
+        seed: int,
+    ) -> None:
+        self.env_config, self.info = env_config, info
+        self.episodes, self.every, self.seed = episodes, every, seed
+        # Videos are of pixels; state-vector runs record none.
+        self.video_every = video_every if env_config.from_pixels else 0
+        self.next_eval: float = every if every else math.inf
+        self.next_video: float = float(self.video_every) if self.video_every else math.inf
+        self.last_frames: float = -1.0
+        self._env: EnvBase | None = None
+
+    def due(self, frames: float) -> bool:
+        """Whether a periodic evaluation is due at ``frames`` (and moves the schedule on if so)."""
+        if frames < self.next_eval:
+            return False
+        self.next_eval += self.every
+        return True
+
+    def done_at(self, frames: float) -> bool:
+        """Whether an evaluation already ran at exactly these frames."""
+        return self.last_frames == frames
+
+    def skip(self, frames: float) -> None:
+        """Counts an evaluation another process runs (DDP: only rank 0 evaluates)."""
+        self.last_frames = frames
+
+    def run(
+        self,
+        policy: DreamerPolicy,
+        env_factory: Callable[[int], EnvBase],
+        frames: float,
+        episodes_so_far: int,
+    ) -> tuple[dict[str, float], EvalEpisode | None]:
+        """Runs the episodes; returns the ``eval/*`` metrics and the recorded episode, if any."""
+        start = time.perf_counter()
+        seed = self.seed + 1000 + int(episodes_so_far)
+        if self._env is None:
+            self._env = env_factory(seed)
+        else:
+            self._env.set_seed(seed)
+        record = frames >= self.next_video
+        returns, successes, recorded = [], [], None
+        with set_exploration_type(policy.eval_exploration):
+            for i in range(self.episodes):
+                rollout = self._env.rollout(self.env_config.max_steps, policy, break_when_any_done=True)
+                returns.append(float(rollout.get(("next", "reward")).sum()))
+                if self.info.has_success:
+                    successes.append(float(rollout.get(("next", SUCCESS_KEY))[-1].max()))
+                if record and i == 0:
+                    recorded = self._record(rollout, frames)
+        self.last_frames = frames
+        mean = sum(returns) / len(returns)
+        metrics = {
+            "eval/return": mean,
+            "eval/return_std": float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0,
+            "time/eval_s": time.perf_counter() - start,
+        }
+        if successes:
+            metrics["eval/success_rate"] = sum(successes) / len(successes)
+        if self.info.score_range is not None:
+            metrics["eval/human_normalized_score"] = self.info.normalized(mean)
+        return metrics, recorded
+
+    def _record(self, rollout: TensorDictBase, frames: float) -> EvalEpisode:
+        while self.next_video <= frames:
+            self.next_video += self.video_every
+        obs_key = self.env_config.obs_key
+        first = rollout.get(obs_key)[:1]
+        observations = torch.cat([first, rollout.get(("next", obs_key))]).to(torch.uint8).cpu()
+        return EvalEpisode(observations, rollout.get("action").float().cpu(), int(frames))
+
+    # -- checkpointing ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "eval_every": self.every,
+            "next_eval": self.next_eval,
+            "next_video": self.next_video,
+            "last_eval_frames": self.last_frames,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], frames: float) -> None:
+        self.last_frames = state["last_eval_frames"]
+        if self.video_every and "next_video" in state:
+            self.next_video = state["next_video"]
+        if state["eval_every"] == self.every:
+            self.next_eval = state["next_eval"]
+        else:  # a new evaluation interval given on resume counts from the start of the run
+            self.next_eval = (frames // self.every + 1) * self.every if self.every else math.inf
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None

@@ -1,0 +1,241 @@
+"""Sequence replay as DreamerV2/V3 store and sample it, on TorchRL's storage.
+
+Steps are stored in the order they happen, one row each: the observation o_t, the action a_{t-1} that led to
+it, the reward r_t and the flags ``is_first`` (an episode's reset observation, stored with a zero action and
+reward), ``is_last`` and ``is_terminal``. A batch is ``batch_size`` windows of ``seq_len`` consecutive rows,
+drawn uniformly over all windows, so every stored step is equally likely and short episodes are not
+over-sampled; the first row of every window is marked ``is_first`` (the state before it is unknown).
+
+Two flavours, as the two bases' own replays:
+- DreamerV2 (``cross_episodes=False``): a window lies inside one episode; with ``ongoing=False`` only
+  finished episodes are sampled; ``ends_priority`` E gives the window that ends an episode E + 1 times the
+  weight of the others (DreamerV2's ``prioritize_ends``, Meta-world's 50).
+- DreamerV3 (``cross_episodes=True``): any window of the stream, also across episode boundaries, where the
+  world model restarts from its initial state at the ``is_first`` row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data.replay_buffers import Sampler, Storage
+
+from hwm.checkpoints.replay_archive import ReplayArchive
+from hwm.models.world_model import IS_FIRST, IS_LAST
+
+__all__ = ["SequenceReplay", "SequenceSampler", "add_rows", "make_replay_buffer", "sample_sequences"]
+
+
+class SequenceSampler(Sampler):
+    """Draws windows of ``seq_len`` consecutive rows with a weight per window start.
+
+    The weights live beside the storage (one float per row) and are kept up to date as rows arrive, from
+    their ``is_first`` / ``is_last`` flags (:meth:`record`), so a draw costs one weighted choice, not a scan
+    of the stored episodes. They are a function of the stored rows alone: a restored buffer rebuilds them
+    by recording its rows again.
+    """
+
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        seq_len: int,
+        cross_episodes: bool = False,
+        ongoing: bool = False,
+        ends_priority: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if capacity < seq_len:
+            raise ValueError(f"replay capacity {capacity} is smaller than one sequence ({seq_len})")
+        if ends_priority < 0:
+            raise ValueError(f"ends_priority must be >= 0; got {ends_priority}")
+        if cross_episodes and (not ongoing or ends_priority):
+            raise ValueError(
+                "windows that cross episodes (DreamerV3's replay) need ongoing=True and ends_priority=0"
+            )
+        self.capacity, self.seq_len = capacity, seq_len
+        self.cross_episodes, self.ongoing, self.ends_priority = cross_episodes, ongoing, ends_priority
+        self._empty()
+
+    def _empty(self) -> None:
+        self.weights = torch.zeros(self.capacity)
+        self.recorded = 0  # rows recorded since the run began (the writer's write_count)
+        self._episode_start = 0  # stream index of the current episode's first row (or the oldest row)
+
+    def reset(self, start: int = 0) -> None:
+        """Forgets every window; the next recorded row is row ``start`` of the stream."""
+        self._empty()
+        self.recorded = self._episode_start = start
+
+    def record(self, is_first: Tensor, is_last: Tensor) -> None:
+        """Takes note of the next rows of the stream (as just written at ``recorded`` onwards)."""
+        n = is_first.numel()
+        if n == 0:
+            return
+        is_first, is_last = is_first.reshape(n).bool().cpu(), is_last.reshape(n).bool().cpu()
+        rows = torch.arange(self.recorded, self.recorded + n)
+        end = self.recorded + n
+        oldest = max(0, end - self.capacity)
+        # A new row overwrites the oldest one, and with it the window that started there.
+        self.weights[rows[-self.capacity :] % self.capacity] = 0.0
+        starts = torch.where(is_first, rows, torch.full_like(rows, -1))
+        episode_start = torch.cummax(torch.maximum(starts, torch.tensor(self._episode_start)), 0).values
+        window = rows - self.seq_len + 1  # the window that each row completes
+        ok = window >= oldest
+        if not self.cross_episodes:
+            ok &= window >= episode_start
+        weight = 1.0 + self.ends_priority * is_last.float()
+        if self.ongoing:
+            self.weights[window[ok] % self.capacity] = weight[ok]
+        else:  # DreamerV2 samples finished episodes only: an episode's windows open when it ends
+            for i in is_last.nonzero().flatten().tolist():
+                first = max(int(episode_start[i]), oldest)
+                if int(window[i]) >= first:
+                    self.weights[torch.arange(first, int(window[i]) + 1) % self.capacity] = 1.0
+                    self.weights[int(window[i]) % self.capacity] = float(weight[i])
+        self.recorded = end
+        self._episode_start = int(episode_start[-1])
+
+    def record_rows(self, rows: TensorDictBase) -> None:
+        """``record`` from the rows' own flags (how a restored buffer rebuilds its windows)."""
+        self.record(rows.get(IS_FIRST), rows.get(IS_LAST))
+
+    @property
+    def windows(self) -> int:
+        """How many windows can be drawn now."""
+        return int((self.weights > 0).sum())
+
+    def sample(self, storage: Storage, batch_size: int) -> tuple[Tensor, dict]:
+        if batch_size % self.seq_len:
+            raise ValueError(f"batch size {batch_size} is not a multiple of seq_len {self.seq_len}")
+        if not self.windows:
+            raise RuntimeError("no complete sequence in the replay yet")
+        starts = torch.multinomial(self.weights, batch_size // self.seq_len, replacement=True)
+        index = (starts.unsqueeze(1) + torch.arange(self.seq_len)) % self.capacity
+        return index.flatten(), {}
+
+    # The weights are rebuilt from the stored rows (see ReplayArchive.restore), so they are not saved.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        return None
+
+    def dumps(self, path: str) -> None:
+        return None
+
+    def loads(self, path: str) -> None:
+        return None
+
+
+def make_replay_buffer(
+    *,
+    capacity: int,
+    batch_size: int,
+    seq_len: int,
+    cross_episodes: bool = False,
+    ongoing: bool = False,
+    ends_priority: float = 0.0,
+) -> TensorDictReplayBuffer:
+    """A buffer of rows whose ``sample()`` returns ``batch_size`` windows of ``seq_len`` rows, flattened."""
+    sampler = SequenceSampler(
+        capacity=capacity,
+        seq_len=seq_len,
+        cross_episodes=cross_episodes,
+        ongoing=ongoing,
+        ends_priority=ends_priority,
+    )
+    return TensorDictReplayBuffer(
+        storage=LazyTensorStorage(capacity), sampler=sampler, batch_size=batch_size * seq_len
+    )
+
+
+def add_rows(buffer: TensorDictReplayBuffer, rows: TensorDictBase) -> None:
+    """Appends rows (in stream order) to the storage and to the sampler's windows."""
+    buffer.extend(rows)
+    sampler = buffer.sampler
+    assert isinstance(sampler, SequenceSampler)
+    sampler.record_rows(rows)
+    assert sampler.recorded == int(buffer.write_count), "the sampler lost track of the writer"
+
+
+def sample_sequences(buffer: TensorDictReplayBuffer, batch_size: int, seq_len: int) -> TensorDictBase:
+    """Samples and reshapes to [batch_size, seq_len]; every window starts as an episode does."""
+    flat = buffer.sample()
+    assert flat.shape[0] == batch_size * seq_len, (
+        f"sampled {flat.shape[0]} steps, expected {batch_size * seq_len}"
+    )
+    seq = flat.reshape(batch_size, seq_len)
+    is_first = seq.get(IS_FIRST).clone()
+    is_first[:, 0] = True
+    seq.set(IS_FIRST, is_first)
+    sampler = buffer.sampler
+    if isinstance(sampler, SequenceSampler) and not sampler.cross_episodes:
+        assert not is_first[:, 1:].any(), "a replayed sequence crosses an episode boundary"
+    return seq
+
+
+class SequenceReplay:
+    """The run's replay: rows in, [B, T] windows out, and its chunk files when a checkpoint is taken."""
+
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        batch_size: int,
+        seq_len: int,
+        cross_episodes: bool = False,
+        ongoing: bool = False,
+        ends_priority: float = 0.0,
+    ) -> None:
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.buffer = make_replay_buffer(
+            capacity=capacity,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            cross_episodes=cross_episodes,
+            ongoing=ongoing,
+            ends_priority=ends_priority,
+        )
+        self.archive = ReplayArchive(self.buffer, capacity, index=self.buffer.sampler)
+        self.directory: Path | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether a whole window can be replayed (not at the start, nor, when only finished episodes are
+        replayed, before a first episode ends)."""
+        sampler = self.buffer.sampler
+        assert isinstance(sampler, SequenceSampler)
+        return sampler.windows > 0
+
+    def add(self, rows: TensorDictBase) -> None:
+        add_rows(self.buffer, rows)
+
+    def sample(self) -> TensorDictBase:
+        return sample_sequences(self.buffer, self.batch_size, self.seq_len)
+
+    @property
+    def files(self) -> list[str]:
+        """The chunk files (relative to the run folder) that the last saved state needs."""
+        return [c["file"] for c in self.archive.chunks]
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Writes what is new since the last save under ``directory``; None without a directory."""
+        if self.directory is None:
+            return None
+        chunks = self.archive.save(self.directory)
+        return {
+            "write_count": int(self.buffer.write_count),
+            "capacity": self.archive.capacity,
+            "chunks": chunks,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.directory is None:
+            raise RuntimeError("the replay's directory (the checkpoint's folder) must be set before loading")
+        self.archive.restore(self.directory, state["chunks"], state["write_count"])

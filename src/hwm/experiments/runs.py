@@ -1,0 +1,159 @@
+"""An MLflow experiment's runs as metric curves, with the param or tag they are grouped by."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hwm.experiments.tracking import FRAMES_METRIC, STUDY_TAG, SUMMARY_TAG, upgrade_class_paths
+
+DEFAULT_METRIC = "eval/return"
+DEFAULT_GROUP_BY = "model.harmonizer_mode"
+
+
+class CompareError(Exception):
+    """Bad input (unknown experiment, metric, param): reported as one line, exit code 2."""
+
+
+@dataclass
+class RunCurve:
+    """One run's metric history, ordered by env frames."""
+
+    run_id: str
+    name: str
+    group: str
+    steps: np.ndarray  # env frames
+    values: np.ndarray
+    frames: int  # env frames the run reached
+    task: str | None = None  # param data.task, else tag task
+    suite: str | None = None  # param data.suite, else tag suite
+
+    @property
+    def final(self) -> float:
+        return float(self.values[-1])
+
+    @property
+    def best(self) -> float:
+        return float(self.values.max())
+
+
+@dataclass
+class GroupStats:
+    group: str
+    runs: int
+    final_mean: float
+    final_std: float
+    best_mean: float
+    iqm: float
+    ci_low: float | None  # None: one run, no interval
+    ci_high: float | None
+    frames_min: int
+    frames_max: int
+    run_ids: list[str] = field(default_factory=list)
+
+
+def mlflow_client(tracking_uri: str) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(client: Any, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        known = sorted(e.name for e in client.search_experiments())
+        raise CompareError(
+            f"no experiment {experiment!r} in this tracking store; known experiments: "
+            + (", ".join(known) if known else "none")
+        )
+    return exp.experiment_id
+
+
+def _group_value(run: Any, group_by: str) -> str | None:
+    if group_by.startswith("tags."):
+        return run.data.tags.get(group_by[5:])
+    value = run.data.params.get(group_by.removeprefix("params."))
+    # Runs recorded before hwm's package layout name their classes by the old module paths.
+    return upgrade_class_paths(value) if value is not None else None
+
+
+def _setting(run: Any, key: str) -> str | None:
+    """A run's ``data.<key>`` param, else its ``<key>`` tag (both are logged by ``hwm fit``)."""
+    value = run.data.params.get(f"data.{key}") or run.data.tags.get(key)
+    return str(value) if value else None
+
+
+def search_runs(
+    tracking_uri: str, experiment: str, *, study: str | None = None, filter_string: str = ""
+) -> list:
+    """The experiment's runs (MLflow ``Run`` objects) matching the filters, without comparison summary runs."""
+    client = mlflow_client(tracking_uri)
+    exp_id = experiment_id(client, experiment)
+    filters = [f for f in (filter_string, f"tags.`{STUDY_TAG}` = '{study}'" if study else "") if f]
+    runs = [
+        r
+        for r in client.search_runs([exp_id], filter_string=" and ".join(filters), max_results=5000)
+        if r.data.tags.get(SUMMARY_TAG) != "true"
+    ]
+    if not runs:
+        where = f" of study {study!r}" if study else ""
+        raise CompareError(f"experiment {experiment!r} has no runs{where} to compare")
+    return runs
+
+
+def load_runs(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    metric: str = DEFAULT_METRIC,
+    group_by: str = DEFAULT_GROUP_BY,
+    study: str | None = None,
+    filter_string: str = "",
+) -> list[RunCurve]:
+    """The experiment's runs that logged ``metric``, each with its history and group (param or ``tags.X``)."""
+    client = mlflow_client(tracking_uri)
+    runs = search_runs(tracking_uri, experiment, study=study, filter_string=filter_string)
+    with_metric = [r for r in runs if metric in r.data.metrics]
+    if not with_metric:
+        available = sorted({k for r in runs for k in r.data.metrics})
+        raise CompareError(
+            f"no run of {experiment!r} logged the metric {metric!r}; available metrics: {', '.join(available)}"
+        )
+    if all(_group_value(r, group_by) is None for r in with_metric):
+        names = sorted({k for r in with_metric for k in r.data.params})
+        close = difflib.get_close_matches(group_by.removeprefix("params."), names, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "pass a logged param (or tags.NAME)"
+        raise CompareError(f"no run has the param {group_by!r} to group by; {hint}")
+    out = []
+    for run in with_metric:
+        history = client.get_metric_history(run.info.run_id, metric)
+        # One value per step (the agent writes each step once; a rerun step keeps its latest value).
+        by_step = {m.step: m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))}
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        values = np.array([by_step[s] for s in steps], dtype=np.float64)
+        frames = int(run.data.metrics.get(FRAMES_METRIC, steps[-1]))
+        group = _group_value(run, group_by)
+        out.append(
+            RunCurve(
+                run_id=run.info.run_id,
+                name=run.info.run_name or run.info.run_id,
+                group="(unset)" if group is None else str(group),
+                steps=steps,
+                values=values,
+                frames=max(frames, int(steps[-1])),
+                task=_setting(run, "task"),
+                suite=_setting(run, "suite"),
+            )
+        )
+    return sorted(out, key=lambda c: (c.group, c.name))
+
+
+def groups(runs: Sequence[RunCurve]) -> dict[str, list[RunCurve]]:
+    out: dict[str, list[RunCurve]] = {}
+    for run in runs:
+        out.setdefault(run.group, []).append(run)
+    return dict(sorted(out.items()))

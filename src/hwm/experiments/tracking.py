@@ -1,0 +1,62 @@
+"""MLflow names every hwm tool shares, and what a run records about where it came from."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import hwm
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "hwm"
+STUDY_TAG = "hwm.study"
+SUMMARY_TAG = "hwm.summary"  # the runs `hwm compare --log-to-mlflow` creates; never compared themselves
+FRAMES_METRIC = "progress/env_frames"
+
+# Class paths that configs (checkpoints, MLflow params) recorded before hwm's package layout.
+LEGACY_CLASS_PATHS = {
+    "hwm.world_model.WorldModel": "hwm.models.world_model.WorldModel",
+    "hwm.world_model_v3.WorldModelV3": "hwm.models.world_model_v3.WorldModelV3",
+    "hwm.actor_critic.ActorCritic": "hwm.models.actor_critic.ActorCritic",
+    "hwm.actor_critic_v3.ActorCriticV3": "hwm.models.actor_critic_v3.ActorCriticV3",
+}
+
+
+def upgrade_class_paths(text: str) -> str:
+    """A recorded config (or param value) with its classes' old module paths replaced by today's."""
+    for old, new in LEGACY_CLASS_PATHS.items():
+        text = text.replace(old, new)
+    return text
+
+
+def git_commit(path: Path | None = None) -> tuple[str, bool] | None:
+    """(commit, dirty) of the git checkout holding ``path`` (default: hwm's source); None outside git."""
+    where = str(path or Path(hwm.__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a checkout (an installed wheel), or no git
+    return (commit, bool(dirty)) if commit else None
+
+
+def source_tags(seed: int | None = None) -> dict[str, str]:
+    """Tags for a new run: hwm version, git commit (also as MLflow's own source-version tag), seed."""
+    tags = {"hwm_version": hwm.__version__}
+    found = git_commit()
+    if found is not None:
+        commit, dirty = found
+        tags.update(
+            {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+        )
+    if seed is not None:
+        tags["seed"] = str(seed)
+    return tags

@@ -1,0 +1,71 @@
+"""Metrics keyed by env frames, merged per frame count and written once, so every MLflow series has strictly
+increasing steps (also across a resume)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import Tensor
+
+# What the progress bar shows of the logged metrics.
+BAR_KEYS = ("train/episode_return", "eval/return")
+
+
+class FrameLog:
+    """Collects metrics for the current env-frame count; writes them when the count moves on.
+
+    ``write(metrics, step)`` is the logger's (the agent passes its own, which writes on rank 0 only). Steps
+    up to ``floor`` are already in the run (a resumed run whose killed process logged past its checkpoint):
+    they are not written again. The metrics of the current step may still grow (a final evaluation at
+    these frames), so a checkpoint carries them (``state_dict``) instead of writing them early.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, float] = {}
+        self.step = -1
+        self.floor = -1
+        self.bar_metrics: dict[str, float] = {}
+        self._last: tuple[float, int] | None = None
+
+    def skip_until(self, step: int) -> None:
+        """Steps up to ``step`` are already in the run: they are not written again."""
+        self.floor = step
+
+    def add(
+        self,
+        metrics: Mapping[str, Any],
+        *,
+        frames: int,
+        updates: int,
+        episodes: float,
+        write: Callable[[dict[str, float], int], None],
+    ) -> None:
+        """Adds metrics at ``frames`` (with progress counters and the update rate since the last call)."""
+        merged = dict(metrics)
+        now = time.perf_counter()
+        if self._last is not None and updates > self._last[1]:
+            merged["perf/updates_per_s"] = (updates - self._last[1]) / max(now - self._last[0], 1e-9)
+        self._last = (now, updates)
+        merged["progress/updates"] = updates
+        merged["progress/env_frames"] = frames
+        merged["progress/episodes"] = episodes
+        flat = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in merged.items()}
+        if frames != self.step:
+            self.flush(write)
+        self.pending.update(flat)
+        self.step = frames
+        self.bar_metrics.update({k: flat[k] for k in BAR_KEYS if k in flat})
+
+    def flush(self, write: Callable[[dict[str, float], int], None]) -> None:
+        """Writes the current step's metrics (unless the run already has that step)."""
+        metrics, self.pending = self.pending, {}
+        if metrics and self.step > self.floor:
+            write(metrics, self.step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "metrics": dict(self.pending)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step, self.pending = state["step"], dict(state["metrics"])

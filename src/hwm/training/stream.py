@@ -1,0 +1,93 @@
+"""The contracts between the parts of a run, so that none of them reaches another through the trainer.
+
+A run's objects talk along these lines (the CLI hands each its collaborators, ``hwm.cli.fit.wire``):
+
+- batches go *down*: the data module's stream yields replayed sequences to the agent's training step;
+- the policy goes *across*: the data module collects and evaluates with the agent's policy
+  (:class:`PolicySource`);
+- counters, metrics, recorded episodes and timings come *up*: the agent, the checkpoint callback and the
+  progress bar read them from the data module (:class:`Stream`, :class:`CheckpointedStream`);
+- the agent's own counters and bar metrics go to the callbacks (:class:`AgentProgress`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from hwm.training.timing import Stopwatch
+
+if TYPE_CHECKING:
+    from hwm.models.policy import DreamerPolicy
+    from hwm.training.media import EvalEpisode
+
+
+class Stream(Protocol):
+    """What the agent and the progress bar read from the data stream."""
+
+    @property
+    def counters(self) -> Mapping[str, float]:
+        """Global counts: ``env_frames``, ``agent_steps``, ``episodes``, ``evaluations``, ..."""
+        ...
+
+    @property
+    def total_frames(self) -> int:
+        """The run's env-frame budget."""
+        ...
+
+    @property
+    def timer(self) -> Stopwatch:
+        """Time spent collecting, replaying and evaluating."""
+        ...
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Metrics gathered since the last call (train and eval returns, success rates, ...)."""
+        ...
+
+    def pop_media(self) -> list[EvalEpisode]:
+        """Evaluation episodes recorded since the last call."""
+        ...
+
+
+class CheckpointedStream(Stream, Protocol):
+    """What the checkpoint callback needs besides: where to cut, and where the replay's files go."""
+
+    @property
+    def at_collect_boundary(self) -> bool:
+        """True when the stream's next move is to collect: a clean point for a checkpoint."""
+        ...
+
+    @property
+    def stream_finished(self) -> bool:
+        """True once the frame budget is spent."""
+        ...
+
+    @property
+    def replay_files(self) -> list[str]:
+        """The replay chunk files (relative to the run folder) the last saved state needs."""
+        ...
+
+    def use_replay_dir(self, path: Path) -> None:
+        """The run folder: saved states write their replay chunks under it, restored ones read them."""
+        ...
+
+
+class PolicySource(Protocol):
+    """What the data module collects and evaluates with."""
+
+    def policy(self) -> DreamerPolicy: ...
+
+
+class AgentProgress(Protocol):
+    """What the callbacks read of the agent."""
+
+    @property
+    def updates(self) -> int:
+        """Completed updates (world model + actor-critic)."""
+        ...
+
+    @property
+    def bar_metrics(self) -> Mapping[str, float]:
+        """The latest training and evaluation returns, for the progress bar."""
+        ...
