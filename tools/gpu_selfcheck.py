@@ -51,10 +51,20 @@ def plan(cpu: bool, updates: int, warmup: int, bf16: bool = True) -> list[Run]:
     configs, overrides = (CPU_CONFIGS, CPU_OVERRIDES) if cpu else (GPU_CONFIGS, GPU_OVERRIDES)
     precisions = PRECISIONS if bf16 else PRECISIONS[:1]
     return [
-        Run(name, precision, [
-            *(a for c in files for a in ("--config", c)), "--updates", str(updates), "--warmup", str(warmup),
-            *overrides, "--trainer.precision", precision,
-        ])  # fmt: skip
+        Run(
+            name,
+            precision,
+            [
+                *(a for c in files for a in ("--config", c)),
+                "--updates",
+                str(updates),
+                "--warmup",
+                str(warmup),
+                *overrides,
+                "--trainer.precision",
+                precision,
+            ],
+        )  # fmt: skip
         for name, files in configs.items()
         for precision in precisions
     ]
@@ -160,7 +170,9 @@ def self_check(runs: list[Run], wheelhouse: Path, out: Path, budget_s: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--wheelhouse", type=Path, default=HERE, help="default: this file's folder")
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (no GPU needed)")
     parser.add_argument("--no-install", action="store_true", help="only the self-check")
@@ -173,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or Path(f"selfcheck-{'cpu' if args.cpu else 'gpu'}.jsonl")).resolve()
     try:
         if importlib.util.find_spec("torch") is None:
-            raise SelfCheckError(f"torch is not installed for {sys.executable}: install the node's PyTorch first")
+            raise SelfCheckError(
+                f"torch is not installed for {sys.executable}: install the node's PyTorch first"
+            )
         if not args.no_install:
             check_python(wheelhouse)
         problem = None if args.cpu else cuda_problem()

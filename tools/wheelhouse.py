@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,6 +29,11 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip's copy of the same parser
+    from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +63,10 @@ TORCH_REQUIRES = ("filelock", "typing-extensions", "setuptools", "sympy", "netwo
 SELFCHECK_FILES = {
     "gpu_selfcheck.py": "tools/gpu_selfcheck.py",
     "throughput.py": "benchmarks/throughput.py",
-    **{f"conf/{n}": f"conf/{n}" for n in ("dmc_cheetah.yaml", "dmc_cheetah_v3.yaml", "tiny.yaml", "tiny_v3.yaml")},
+    **{
+        f"conf/{n}": f"conf/{n}"
+        for n in ("dmc_cheetah.yaml", "dmc_cheetah_v3.yaml", "tiny.yaml", "tiny_v3.yaml")
+    },
 }
 LEGACY_MANYLINUX = {"manylinux1": 5, "manylinux2010": 12, "manylinux2014": 17}
 
@@ -132,7 +139,9 @@ def stub_wheel(directory: Path, name: str, version: str, requires: Iterable[str]
     meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(f"{dist}.dist-info/METADATA", meta)
-        z.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(
+            f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         z.writestr(f"{dist}.dist-info/RECORD", "")
     return path
 
@@ -171,7 +180,9 @@ def trim_wheel(wheel: Path, remove: tuple[str, ...], drop: tuple[str, ...], out_
         rows = [r.replace(f"{old_dist}.dist-info/", f"{new_dist}.dist-info/", 1) for r in rows]
         # METADATA changed: its old hash would be wrong, so it is listed without one (allowed by the spec).
         rows = [f"{new_dist}.dist-info/METADATA,," if "dist-info/METADATA," in r else r for r in rows]
-        dst.writestr(f"{new_dist}.dist-info/RECORD", "\n".join([*rows, f"{new_dist}.dist-info/RECORD,,"]) + "\n")
+        dst.writestr(
+            f"{new_dist}.dist-info/RECORD", "\n".join([*rows, f"{new_dist}.dist-info/RECORD,,"]) + "\n"
+        )
     return out
 
 
@@ -216,7 +227,9 @@ def select(
     requires = {n: list(d["requires"]) for n, d in resolved.items()}
     for name, (_, drop) in TRIM.items():
         dropped = {canonicalize_name(d) for d in drop}
-        requires[name] = [r for r in requires.get(name, []) if canonicalize_name(Requirement(r).name) not in dropped]
+        requires[name] = [
+            r for r in requires.get(name, []) if canonicalize_name(Requirement(r).name) not in dropped
+        ]
     present = closure(["torch", *assumed], requires, env)
     return closure(roots, requires, env) - present, present
 
@@ -238,7 +251,15 @@ def build(args: argparse.Namespace) -> int:
         resolved = resolve(roots, args.python, args.platform, args.check_torch[0], work / "resolve")
         carried, present = select(roots, resolved, args.assume_installed, env)
         pins = sorted(f"{n}=={resolved[n]['version']}" for n in carried)
-        _pip("download", "--quiet", "--no-deps", *_target_args(args.python, args.platform), "-d", str(work / "dl"), *pins)
+        _pip(
+            "download",
+            "--quiet",
+            "--no-deps",
+            *_target_args(args.python, args.platform),
+            "-d",
+            str(work / "dl"),
+            *pins,
+        )
         for wheel in sorted((work / "dl").glob("*.whl")):
             name = canonicalize_name(wheel.name.split("-", 1)[0])
             if name in TRIM:
@@ -247,14 +268,16 @@ def build(args: argparse.Namespace) -> int:
                 shutil.copy2(wheel, out / wheel.name)
         # hwm's wheel with the build environment's setuptools where it has one (no index needed for it).
         no_isolation = ["--no-build-isolation"] if _has("setuptools") else []
-        _pip("wheel", "--quiet", "--no-deps", *no_isolation, "-w", str(out), str(ROOT))
+        _pip("wheel", "--quiet", "--no-deps", *no_isolation, "-w", str(out), str(_source_copy(work / "hwm")))
         (out / "requirements.txt").write_text("\n".join(roots) + "\n")
         manifest = {
             "python": args.python,
             "platform": args.platform,
             "assumed_installed": ["torch", *args.assume_installed],
             "left_out": LEFT_OUT,
-            "trimmed": {n: {"removed": list(r), "requirements_dropped": list(d)} for n, (r, d) in TRIM.items()},
+            "trimmed": {
+                n: {"removed": list(r), "requirements_dropped": list(d)} for n, (r, d) in TRIM.items()
+            },
             "carried": pins,
             "expected_installed": {n: resolved[n]["version"] for n in sorted(present)},
         }
@@ -270,6 +293,15 @@ def build(args: argparse.Namespace) -> int:
         print(f"wheelhouse: error: {mib:.1f} MiB is over --max-mib {args.max_mib}", file=sys.stderr)
         return 1
     return 0
+
+
+def _source_copy(dest: Path) -> Path:
+    """What hwm's wheel is built from, copied: an in-tree build would leave build/ behind, and setuptools
+    packs stale files from an old build/ into a new wheel."""
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
 
 
 def _has(module: str) -> bool:
@@ -295,11 +327,15 @@ def check_offline(out: Path, python: str, platform: str, torch: str, manifest: d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="download the wheels and build hwm's (needs a package index)")
     b.add_argument("--python", default="3.12", help="target CPython X.Y (default 3.12)")
-    b.add_argument("--platform", default="manylinux_2_28_x86_64", help="target platform tag (torchrl needs 2_28)")
+    b.add_argument(
+        "--platform", default="manylinux_2_28_x86_64", help="target platform tag (torchrl needs 2_28)"
+    )
     b.add_argument("--out", type=Path, default=ROOT / "wheelhouse", help="empty or new folder")
     b.add_argument(
         "--assume-installed", nargs="*", default=["lightning"], metavar="NAME",
@@ -314,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("rest", nargs=argparse.REMAINDER, help="gpu_selfcheck.py's arguments")
     args = parser.parse_args(argv)
     if args.command == "install":
-        return subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_selfcheck.py"), *args.rest]).returncode
+        return subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "gpu_selfcheck.py"), *args.rest]
+        ).returncode
     if not re.fullmatch(r"3\.\d+", args.python):
         print(f"wheelhouse: error: --python {args.python!r}: expected X.Y, e.g. 3.12", file=sys.stderr)
         return 2

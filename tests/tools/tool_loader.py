@@ -33,7 +33,9 @@ def node_like_venv(root: Path, assumed: list[str]) -> Path:
     Returns the venv's python."""
     wheelhouse = load_tool("wheelhouse")
     installed = {
-        canonicalize_name(d.metadata["Name"]): d for d in importlib.metadata.distributions() if d.metadata["Name"]
+        canonicalize_name(d.metadata["Name"]): d
+        for d in importlib.metadata.distributions()
+        if d.metadata["Name"]
     }
     requires = {name: list(d.requires or []) for name, d in installed.items()}
     system = root / "system"
