@@ -3,14 +3,11 @@
     python tools/wheelhouse.py build --python 3.12 [--platform manylinux_2_28_x86_64] [--out wheelhouse]
     python wheelhouse/gpu_selfcheck.py [--cpu]          # on the node: pip --no-index install + self-check
 
-``build`` resolves hwm's dependencies (pyproject.toml, less ``LEFT_OUT``) for the named CPython and
-platform with pip's own resolver (``pip install --dry-run --report``; torch is a metadata-only stand-in so
-no CUDA wheels are fetched), keeps what the packages named by ``--assume-installed`` do not already bring,
-downloads those wheels (``pip download --only-binary=:all: --no-deps``), trims dm_control to its control
-suite (``TRIM``), builds hwm's own wheel from this tree, copies the self-check's script, configs and
-``benchmarks/throughput.py`` beside them, checks offline that the set resolves with every torch of
-``--check-torch``, and fails when it is larger than ``--max-mib``. Needs a package index (network); the
-install needs none. See docs/gpu.md.
+``build`` resolves hwm's dependencies (pyproject.toml less ``LEFT_OUT``) for the target with pip's resolver
+(torch a metadata-only stand-in: no CUDA wheels), keeps what the ``--assume-installed`` packages do not
+bring, downloads those wheels, trims dm_control (``TRIM``), builds hwm's wheel, copies the self-check
+beside them, checks offline that the set resolves with each ``--check-torch`` and fails above
+``--max-mib``. Needs a package index; the install needs none. See docs/gpu.md.
 """
 
 from __future__ import annotations
@@ -251,15 +248,8 @@ def build(args: argparse.Namespace) -> int:
         resolved = resolve(roots, args.python, args.platform, args.check_torch[0], work / "resolve")
         carried, present = select(roots, resolved, args.assume_installed, env)
         pins = sorted(f"{n}=={resolved[n]['version']}" for n in carried)
-        _pip(
-            "download",
-            "--quiet",
-            "--no-deps",
-            *_target_args(args.python, args.platform),
-            "-d",
-            str(work / "dl"),
-            *pins,
-        )
+        _pip("download", "--quiet", "--no-deps", *_target_args(args.python, args.platform),
+             "-d", str(work / "dl"), *pins)  # fmt: skip
         for wheel in sorted((work / "dl").glob("*.whl")):
             name = canonicalize_name(wheel.name.split("-", 1)[0])
             if name in TRIM:
@@ -279,7 +269,7 @@ def build(args: argparse.Namespace) -> int:
                 n: {"removed": list(r), "requirements_dropped": list(d)} for n, (r, d) in TRIM.items()
             },
             "carried": pins,
-            "expected_installed": {n: resolved[n]["version"] for n in sorted(present)},
+            "expected_installed": {n: resolved[n]["version"] for n in sorted(present) if n in resolved},
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         for dest, src in SELFCHECK_FILES.items():
@@ -346,17 +336,15 @@ def main(argv: list[str] | None = None) -> int:
         help="torch releases the set must resolve with offline; the first one is resolved against",
     )  # fmt: skip
     b.add_argument("--max-mib", type=float, default=64.0, help="fail above this size (0: no limit)")
-    i = sub.add_parser("install", help="run the wheelhouse's gpu_selfcheck.py (install + self-check)")
-    i.add_argument("rest", nargs=argparse.REMAINDER, help="gpu_selfcheck.py's arguments")
     args = parser.parse_args(argv)
-    if args.command == "install":
-        return subprocess.run(
-            [sys.executable, str(ROOT / "tools" / "gpu_selfcheck.py"), *args.rest]
-        ).returncode
     if not re.fullmatch(r"3\.\d+", args.python):
         print(f"wheelhouse: error: --python {args.python!r}: expected X.Y, e.g. 3.12", file=sys.stderr)
         return 2
-    return build(args)
+    try:
+        return build(args)
+    except subprocess.CalledProcessError as e:
+        print(f"wheelhouse: error: pip failed (exit {e.returncode}); see its output above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
