@@ -27,7 +27,7 @@ TORCH = "torch==2.13.0"
 TORCH_INDEX_URL = os.environ.get("HWM_TORCH_INDEX_URL")
 # Debian packages for headless MuJoCo rendering through EGL (Mesa llvmpipe on machines without a GPU).
 GL_PACKAGES = ["libegl1", "libegl-mesa0", "libgl1-mesa-dri", "libopengl0"]
-LINT_PATHS = ["src", "tests", "benchmarks", "noxfile.py"]
+LINT_PATHS = ["src", "tests", "benchmarks", "tools", "noxfile.py"]
 
 
 def _ensure_gl_packages(session: nox.Session) -> None:

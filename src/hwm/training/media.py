@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from hwm.models.world_model import WorldModel
@@ -41,6 +40,9 @@ def to_hwc(frames: np.ndarray | Tensor) -> np.ndarray:
 def write_gif(frames: np.ndarray, path: Path, *, fps: float = 15.0, scale: int = 2) -> Path:
     """[T, H, W, 3] uint8 frames -> an endlessly looping GIF, each pixel ``scale`` x ``scale``."""
     assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8, frames.shape
+    # Imported here: only GIFs need pillow, and the GPU wheelhouse (tools/wheelhouse.py) leaves it out.
+    from PIL import Image
+
     images = [Image.fromarray(f) for f in frames]
     if scale > 1:
         size = (frames.shape[2] * scale, frames.shape[1] * scale)
