@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import hwm
@@ -12,6 +13,8 @@ DEFAULT_EXPERIMENT = "hwm"
 STUDY_TAG = "hwm.study"
 SUMMARY_TAG = "hwm.summary"  # the runs `hwm compare --log-to-mlflow` creates; never compared themselves
 FRAMES_METRIC = "progress/env_frames"
+# MLflow 3's UI opens an experiment on its GenAI (traces) pages unless the experiment says it trains models.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 # Class paths that configs (checkpoints, MLflow params) recorded before hwm's package layout.
 LEGACY_CLASS_PATHS = {
@@ -60,3 +63,12 @@ def source_tags(seed: int | None = None) -> dict[str, str]:
     if seed is not None:
         tags["seed"] = str(seed)
     return tags
+
+
+def default_run_name(task: str | None, mode: str | None, seed: object, when: float | None = None) -> str:
+    """A run's MLflow name when none is given: task, harmonizer mode, seed and start time, e.g.
+    ``cartpole-balance-rectified-s0-20261130-071502``; distinct per start even with the same seed (MLflow's
+    own random names repeat because the global RNG is seeded before MLflow draws them)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    seed_part = f"s{seed}" if isinstance(seed, int) and not isinstance(seed, bool) else None
+    return "-".join(str(p) for p in (task, mode, seed_part, stamp) if p not in (None, ""))

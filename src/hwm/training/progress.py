@@ -19,6 +19,7 @@ class FrameProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate)
         self._stream: Stream | None = None
         self._agent: AgentProgress | None = None
+        self._open = False  # whether this run's bar has been shown (the parent's reference is private)
 
     def attach(self, stream: Stream, agent: AgentProgress) -> None:
         """Where the bar's numbers come from: frames from the stream, updates and returns from the agent."""
@@ -45,15 +46,16 @@ class FrameProgressBar(TQDMProgressBar):
         )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Not the parent's: it resets the bar to batches of an unknown total. One epoch is the whole run.
-        if self._leave:
-            self.train_progress_bar = self.init_train_tqdm()
+        # Not the parent's: it resets the bar to batches of an unknown total. One epoch is the whole run, and
+        # the bar opens with its first batch, after the prefill, so the prefill's notice is not printed into
+        # it (a resumed run's first batch comes at once).
+        self._open = False
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if (batch_idx + 1) % max(self.refresh_rate, 1):
-            return
+    def _show(self) -> None:
+        """Frames and the latest returns on the bar, opened on first use."""
+        if not self._open:
+            self.train_progress_bar = self.init_train_tqdm()
+            self._open = True
         bar = self.train_progress_bar
         bar.n = self._frames()
         postfix: dict[str, Any] = {"updates": self._agent.updates if self._agent is not None else 0}
@@ -65,8 +67,18 @@ class FrameProgressBar(TQDMProgressBar):
         bar.set_postfix(postfix, refresh=False)
         bar.refresh()
 
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._open or (batch_idx + 1) % max(self.refresh_rate, 1) == 0:
+            self._show()
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        frames = self._frames()
-        if self.train_progress_bar.n != frames:
-            self.train_progress_bar.n = frames
-            self.train_progress_bar.refresh()
+        # The final evaluation is logged by the agent's epoch-end hook, which runs after this one: the bar is
+        # brought up to date in on_train_end instead.
+        pass
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._open:
+            self._show()  # the last frames and the final evaluation, not the values of the last update
+            self.train_progress_bar.close()
