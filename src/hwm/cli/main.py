@@ -78,8 +78,15 @@ def fit(args: list[str]) -> int:
         return 2
     if resume is not None:
         frames = resume.env_frames
+        from hwm.cli.prescan import flag_value
+
+        why = (
+            " (the newest under checkpoints/: --ckpt_path last)"
+            if flag_value(args, "--ckpt_path") == "last"
+            else ""
+        )
         print(
-            f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path} "
+            f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path}{why} "
             f"({resume.meta['updates']} updates, {frames} env frames)"
             + (f"; overrides applied: {describe(resume.applied)}" if resume.applied else ""),
             file=sys.stderr,

@@ -11,11 +11,11 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import yaml
 
 from hwm.cli.prescan import config_paths, last_value
+from hwm.experiments.tracking import sqlite_path
 
 
 class PreflightError(Exception):
@@ -44,16 +44,6 @@ def check_config_files(args: Sequence[str]) -> None:
                 f"config file {str(path)!r} must hold a mapping of keys (e.g. `data:` / `model:` sections); "
                 f"it holds a {type(loaded).__name__}: {shown!r}"
             )
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI (relative to the working directory), else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite":
-        return None
-    # sqlite:///mlflow.db -> "/mlflow.db" (relative); sqlite:////abs/mlflow.db -> "//abs/mlflow.db".
-    path = unquote(parsed.path)
-    return Path(path[1:] if path.startswith("/") else path)
 
 
 def writable(folder: Path) -> bool:

@@ -43,7 +43,9 @@ class RunSummary:
     def lines(self) -> list[str]:
         out = [f"hwm: run finished: {self.frames} env frames, {self.updates} updates"]
         if self.run_id is not None:
-            out.append(f"  MLflow run   {self.run_id} in experiment {self.experiment!r} ({self.tracking_uri})")
+            out.append(
+                f"  MLflow run   {self.run_id} in experiment {self.experiment!r} ({self.tracking_uri})"
+            )
         for score in self.scores:
             out.append(
                 f"  {score.metric:<12} final {score.final:.2f}, best {score.best:.2f} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import hwm
 
@@ -72,3 +73,13 @@ def default_run_name(task: str | None, mode: str | None, seed: object, when: flo
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
     seed_part = f"s{seed}" if isinstance(seed, int) and not isinstance(seed, bool) else None
     return "-".join(str(p) for p in (task, mode, seed_part, stamp) if p not in (None, ""))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (relative to the working directory), else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    # sqlite:///mlflow.db -> "/mlflow.db" (relative); sqlite:////abs/mlflow.db -> "//abs/mlflow.db".
+    path = unquote(parsed.path)
+    return Path(path[1:] if path.startswith("/") else path)
