@@ -37,6 +37,8 @@ def _number(value: Any) -> float | None:
 
 def same_value(a: Any, b: Any) -> bool:
     """Equal as values: ``"1e-4"`` (a string to YAML 1.1, a float to the parser) equals ``0.0001``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b  # True == 1 in Python, but not in a config
     if a == b:
         return True
     x, y = _number(a), _number(b)
