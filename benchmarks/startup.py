@@ -28,9 +28,25 @@ CASES: dict[str, list[str]] = {
     "hwm --version": ["--version"],
     "hwm compare --help": ["compare", "--help"],
     "hwm compare (no store here: one-line error)": ["compare"],
-    "hwm study --dry-run": ["study", "--config", str(REPO / "conf/tiny.yaml"), "--seeds", "0", "1", "--dry-run"],
+    "hwm study --dry-run": [
+        "study",
+        "--config",
+        str(REPO / "conf/tiny.yaml"),
+        "--seeds",
+        "0",
+        "1",
+        "--dry-run",
+    ],
     "hwm fit, malformed YAML (one-line error)": ["fit", "--config", "bad.yaml"],
     "hwm fit, missing config file (one-line error)": ["fit", "--config", "missing.yaml"],
+    # For contrast: an error only the full parser can find needs Lightning and the classes it builds.
+    "hwm fit, unknown key (one-line error, full parser)": [
+        "fit",
+        "--config",
+        str(REPO / "conf/tiny.yaml"),
+        "--model.nope",
+        "1",
+    ],
 }
 HEAVY = ("lightning", "torchrl", "torch", "mlflow", "dm_control", "mujoco")
 LINE = re.compile(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
