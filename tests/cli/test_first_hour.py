@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from conftest import TINY_CONFIG, LoggedRun, cli_env
-from hwm.cli.preflight import PreflightError, check_config_files
+from hwm.cli.preflight import PreflightError, check_config_files, check_writable
 from hwm.cli.run_match import OtherRunError, check_same_run, same_value
 from hwm.cli.summary import budget_notice
-from hwm.experiments.tracking import default_run_name
+from hwm.experiments.tracking import DEFAULT_URI, default_run_name
 
 
 def _hwm(args: list[str], cwd: Path, probe_lightning: bool = False) -> subprocess.CompletedProcess:
@@ -98,11 +98,17 @@ def _read_only_folder() -> Path | None:
         return Path("/sys")
 
 
-def test_a_read_only_working_folder_is_one_line_exit_2() -> None:
+def test_a_read_only_working_folder_is_one_line_exit_2(monkeypatch) -> None:
     folder = _read_only_folder()
     if folder is None:
         pytest.skip("no read-only folder on this machine")
     try:
+        monkeypatch.chdir(folder)
+        tiny = ["--config", str(TINY_CONFIG)]
+        check_writable([*tiny, "--print_config"], DEFAULT_URI)  # writes nothing: allowed
+        check_writable([*tiny, "--trainer.logger", "false", "--checkpoint.dirpath", "/tmp"], DEFAULT_URI)
+        with pytest.raises(PreflightError, match="cannot write checkpoints under"):
+            check_writable([*tiny, "--trainer.logger", "false"], DEFAULT_URI)
         proc = subprocess.run(
             [sys.executable, "-m", "hwm.cli", "fit", "--config", str(TINY_CONFIG)],
             cwd=folder,

@@ -64,9 +64,13 @@ def writable(folder: Path) -> bool:
 
 def check_writable(args: Sequence[str], default_uri: str, default_checkpoints: str = "checkpoints") -> None:
     """The run's sqlite store and checkpoint folder can be written (a resume writes both too)."""
+    if any(a == "--print_config" or a.startswith("--print_config=") for a in args):
+        return  # prints the config, writes nothing
     logger = "trainer.logger.init_args."
     uri = last_value(args, logger + "tracking_uri") or default_uri
     database = sqlite_path(str(uri))
+    if str(last_value(args, "trainer.logger", "")).lower() in ("false", "none"):
+        database = None  # no MLflow logger, no store
     if database is not None:
         target = database if database.exists() else database.parent
         if (database.exists() and not os.access(database, os.W_OK)) or not writable(
