@@ -67,7 +67,9 @@ def fit(args: list[str]) -> int:
     from hwm.checkpoints.validate import describe
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
+    from hwm.cli.prescan import flag_value
     from hwm.cli.resume import build_or_resume
+    from hwm.cli.summary import budget_notice
 
     try:
         # Nothing Lightning says while building should precede a one-line error.
@@ -78,13 +80,8 @@ def fit(args: list[str]) -> int:
         return 2
     if resume is not None:
         frames = resume.env_frames
-        from hwm.cli.prescan import flag_value
-
-        why = (
-            " (the newest under checkpoints/: --ckpt_path last)"
-            if flag_value(args, "--ckpt_path") == "last"
-            else ""
-        )
+        picked = flag_value(args, "--ckpt_path") == "last"
+        why = " (--ckpt_path last: the newest run under the checkpoint folder)" if picked else ""
         print(
             f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path}{why} "
             f"({resume.meta['updates']} updates, {frames} env frames)"
@@ -103,8 +100,6 @@ def fit(args: list[str]) -> int:
                 f"{cli.data.total_frames}): nothing to train; pass a larger --data.total_frames",
                 file=sys.stderr,
             )
-    from hwm.cli.summary import budget_notice
-
     notice = budget_notice(cli.data.total_frames, cli.data.prefill_frames, resume.env_frames if resume else 0)
     if notice is not None:
         print(notice, file=sys.stderr)
