@@ -25,7 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hwm {hwm.__version__}")
         return 0
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: hwm {fit,study,compare} ...   (hwm --version: the version)\n")
+        print(
+            "usage: hwm fit --config FILE [--config FILE ...] [--section.key VALUE ...]\n"
+            "       hwm study ... | hwm compare ... | hwm --version\n"
+        )
         print(
             "commands:\n  fit      train a HarmonyDream agent (hwm fit --help lists every option)\n"
             "  study    seeds x variants of hwm fit under one MLflow experiment (hwm study --help)\n"
