@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -37,7 +38,14 @@ def study(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) ->
     shutil.copyfile(mlflow_db_template, workdir / "mlflow.db")
     # Shorter than the tiny preset's 400 frames, with four evaluations for a learning curve.
     args = ["study", "--config", TINY_CONFIG, "--seeds", *map(str, SEEDS), "--jobs", "2"]
-    args += ["--vary", f"model.harmonizer_mode={','.join(MODES)}", "--study-id", STUDY_ID]
+    args += [
+        "--vary",
+        f"model.harmonizer_mode={','.join(MODES)}",
+        "--study-id",
+        STUDY_ID,
+        "--progress-every",
+        "1",
+    ]
     args += [
         "--",
         "--data.total_frames",
@@ -82,6 +90,11 @@ def test_study_runs_every_variant_and_seed_as_tagged_runs(study: TinyStudy) -> N
         assert f"(log: {log.relative_to(study.workdir)})" in study.proc.stdout
         text = log.read_text()
         assert "hwm: run finished: 320 env frames" in text and "320/320 [" in text
+    # Progress while a run goes, read from its log (each run takes seconds: some poll sees its bar).
+    progress = [line for line in lines if line.endswith("/320 env frames")]
+    assert progress and all(re.search(r"\] .*: \d+/320 env frames$", line) for line in progress), (
+        study.proc.stdout
+    )
 
 
 def _recompute(study: TinyStudy, metric: str) -> dict[str, dict]:
