@@ -219,6 +219,10 @@ def test_compare_any_metric_and_groups_of_one_run(study: TinyStudy, tmp_path: Pa
         ),
         (["--group-by", "model.harmonizer"], "did you mean model.harmonizer_mode"),
         (["--study", "other"], "has no runs of study 'other'"),
+        (
+            ["--out", "/dev/null/compare"],
+            "cannot write /dev/null/compare: Not a directory; pass --out FOLDER",
+        ),
     ],
 )
 def test_compare_bad_input_is_one_clear_line(study: TinyStudy, tmp_path: Path, capsys, args, message) -> None:

@@ -276,6 +276,13 @@ def main(argv: Sequence[str]) -> int:
         except CompareError as exc:
             print(f"hwm compare: error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # the output folder: read-only, or a file in its place
+            where = exc.filename or args.out
+            print(
+                f"hwm compare: error: cannot write {where}: {exc.strerror}; pass --out FOLDER",
+                file=sys.stderr,
+            )
+            return 2
     for w in caught:
         if str(w.message).startswith("group "):  # one run, or too few for the interval to mean much
             print(f"hwm compare: warning: {w.message}", file=sys.stderr)
