@@ -108,6 +108,16 @@ def test_a_failed_study_run_points_at_its_full_log(tmp_path: Path, monkeypatch, 
     assert f"(log: {log.relative_to(tmp_path)})" in out and "does not exist" in out
 
 
+def test_a_study_that_cannot_keep_its_logs_says_so(tmp_path: Path, capsys) -> None:
+    args = ["--config", str(TINY_CONFIG), "--seeds", "0", "--study-id", "s1", "--logs", "/dev/null/logs"]
+    assert study.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("hwm study: error: cannot write the runs' logs under /dev/null/logs/s1: ")
+        and "\n" not in err
+    )
+
+
 def test_progress_and_the_last_message_are_read_from_a_run_log(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
     log.write_text(

@@ -214,6 +214,15 @@ def run(study: Study) -> int:
             cmd = ["hwm", "fit", *study.fit_args(variant, seed)]
             print(f"[{i}/{len(jobs)}] {run_name(variant, seed)}: {shlex.join(cmd)}")
         return 0
+    try:
+        (study.logs / study.study_id).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"hwm study: error: cannot write the runs' logs under {study.logs / study.study_id}: {exc.strerror}; "
+            "run from a writable folder or pass --logs FOLDER",
+            file=sys.stderr,
+        )
+        return 2
     lock, stop = threading.Lock(), threading.Event()
 
     def one(i: int, variant: dict[str, str], seed: int) -> int:
@@ -222,7 +231,6 @@ def run(study: Study) -> int:
         if stop.is_set():
             return 2
         log = study.log_path(i, variant, seed)
-        log.parent.mkdir(parents=True, exist_ok=True)
         with lock:
             print(f"{label}: running (log: {log})", flush=True)
         start = time.perf_counter()
