@@ -61,8 +61,8 @@ class HarmonyDreamAgent(L.LightningModule):
             the paper reports) instead of the actor's mode (DreamerV2's); null: the base's choice.
         compile: ``torch.compile`` the conv encoder and decoder and the imagination rollout (fuses their
             elementwise ops; costs about a minute of compiling at the start and whenever a new batch shape
-            comes). Off by default: on CPU it gave no clear gain (README, "Throughput and where the time
-            goes"); meant for GPUs.
+            comes). Off by default: on CPU it gave no clear gain (docs/benchmarks.md, "Throughput and where
+            the time goes"); meant for GPUs.
 
     Optimizer settings left null take the base's (DreamerV2: lr 3e-4 / 8e-5 / 8e-5, eps 1e-5, weight decay
     1e-6, clip 100; DreamerV3: lr 1e-4 / 3e-5 / 3e-5, eps 1e-8 model and 1e-5 actor-critic, no weight decay,

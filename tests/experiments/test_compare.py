@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -37,7 +38,14 @@ def study(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) ->
     shutil.copyfile(mlflow_db_template, workdir / "mlflow.db")
     # Shorter than the tiny preset's 400 frames, with four evaluations for a learning curve.
     args = ["study", "--config", TINY_CONFIG, "--seeds", *map(str, SEEDS), "--jobs", "2"]
-    args += ["--vary", f"model.harmonizer_mode={','.join(MODES)}", "--study-id", STUDY_ID]
+    args += [
+        "--vary",
+        f"model.harmonizer_mode={','.join(MODES)}",
+        "--study-id",
+        STUDY_ID,
+        "--progress-every",
+        "1",
+    ]
     args += [
         "--",
         "--data.total_frames",
@@ -75,6 +83,18 @@ def test_study_runs_every_variant_and_seed_as_tagged_runs(study: TinyStudy) -> N
         assert r.info.run_name == f"harmonizer_mode={tags['harmonizer_mode']} seed={tags['seed']}"
         if "git_commit" in tags:  # present when the source is a git checkout (it is in this repo)
             assert len(tags["git_commit"]) == 40
+    # Each run's whole output is kept beside the study, and the study says where.
+    logs = sorted((study.workdir / "studies" / STUDY_ID).glob("*.log"))
+    assert len(logs) == 4
+    for log in logs:
+        assert f"(log: {log.relative_to(study.workdir)})" in study.proc.stdout
+        text = log.read_text()
+        assert "hwm: run finished: 320 env frames" in text and "320/320 [" in text
+    # Progress while a run goes, read from its log (each run takes seconds: some poll sees its bar).
+    progress = [line for line in lines if line.endswith("/320 env frames")]
+    assert progress and all(re.search(r"\] .*: \d+/320 env frames$", line) for line in progress), (
+        study.proc.stdout
+    )
 
 
 def _recompute(study: TinyStudy, metric: str) -> dict[str, dict]:
@@ -199,6 +219,10 @@ def test_compare_any_metric_and_groups_of_one_run(study: TinyStudy, tmp_path: Pa
         ),
         (["--group-by", "model.harmonizer"], "did you mean model.harmonizer_mode"),
         (["--study", "other"], "has no runs of study 'other'"),
+        (
+            ["--out", "/dev/null/compare"],
+            "cannot write /dev/null/compare: Not a directory; pass --out FOLDER",
+        ),
     ],
 )
 def test_compare_bad_input_is_one_clear_line(study: TinyStudy, tmp_path: Path, capsys, args, message) -> None:
@@ -264,6 +288,7 @@ def test_compare_notebook_runs_on_the_tiny_study(study: TinyStudy, tmp_path: Pat
     monkeypatch.setenv("HWM_NOTEBOOK_OUT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # plt.show() is inline in Jupyter, a no-op here
     for cell in json.loads(NOTEBOOK.read_text())["cells"]:
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), str(NOTEBOOK), "exec"), namespace)
@@ -277,3 +302,18 @@ def test_compare_notebook_runs_on_the_tiny_study(study: TinyStudy, tmp_path: Pat
     published = {r.group: (round(100 * r.mean, 1), round(100 * r.median, 1)) for r in namespace["published"]}
     assert published == {"HarmonyDream(V3), published": (136.4, 67.1), "DreamerV3, published": (107.4, 41.6)}
     assert (tmp_path / "published_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_notebook_finds_its_config_from_another_folder(tmp_path: Path, monkeypatch) -> None:
+    """Its settings cell, as Jupyter started in a folder outside the checkout would run it."""
+    monkeypatch.chdir(tmp_path)
+    for launch, study in (("1", None), ("0", None)):
+        monkeypatch.setenv("HWM_LAUNCH", launch)
+        monkeypatch.delenv("HWM_STUDY", raising=False)
+        namespace: dict = {}
+        settings = next(c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code")
+        exec(compile("".join(settings["source"]), str(NOTEBOOK), "exec"), namespace)
+        if launch == "1":
+            assert namespace["CONFIG"] == TINY_CONFIG and namespace["STUDY"].startswith("notebook-")
+        else:  # the user's own runs: no config needed, every run of the experiment
+            assert namespace["CONFIG"] is None and namespace["STUDY"] is study

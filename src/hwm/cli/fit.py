@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningCLI
@@ -22,7 +22,7 @@ from hwm.checkpoints.io import AtomicCheckpointIO
 from hwm.cli.errors import ConfigError, explain_parse_error, one_line
 from hwm.cli.prescan import last_value
 from hwm.data.datamodule import ReplayDataModule
-from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI
+from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, default_run_name
 from hwm.models import presets
 from hwm.training.progress import FrameProgressBar
 
@@ -30,6 +30,12 @@ from hwm.training.progress import FrameProgressBar
 class HwmCLI(LightningCLI):
     """LightningCLI with hwm's groups (``progress_bar``, ``checkpoint``) and defaults; the run's objects are
     ``model`` (the agent), ``datamodule`` and ``trainer``."""
+
+    def add_core_arguments_to_parser(self, parser: ArgumentParser) -> None:
+        # hwm's own classes first, Lightning's Trainer last (add_arguments_to_parser): `hwm fit --help` then
+        # leads with hwm's options instead of ~360 lines of Trainer options.
+        parser.add_lightning_class_args(self.model_class, "model")
+        parser.add_lightning_class_args(self.datamodule_class, "data")
 
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         # The agent's network shapes come from the env the data module built.
@@ -44,6 +50,8 @@ class HwmCLI(LightningCLI):
             help="resume from a checkpoint: a .ckpt file, a run folder, or 'last' (newest under "
             "--checkpoint.dirpath, default checkpoints/)",
         )
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
         parser.set_defaults(
             {
                 # One epoch = the data stream until the frame budget is spent; the agent then stops the
@@ -66,6 +74,7 @@ class HwmCLI(LightningCLI):
             base = last_value(args, "model.base", "dreamerv2")
             parser.set_defaults(presets.defaults(base, last_value(args, "model.size")))
         super().parse_arguments(parser, args)
+        name_run(self.config)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("enable_checkpointing") is False:
@@ -107,6 +116,19 @@ class HwmCLI(LightningCLI):
                 callback.attach(data, agent)
 
 
+def name_run(config: Namespace) -> None:
+    """Gives a new MLflow run a distinct, readable name (task-mode-seed-time) unless one was chosen."""
+    logger = config.get("trainer.logger")
+    if not isinstance(logger, Namespace) or not str(logger.get("class_path", "")).endswith("MLFlowLogger"):
+        return
+    if logger.get("init_args.run_name") or logger.get("init_args.run_id"):
+        return  # named by the user (or by hwm study), or an existing run continued
+    logger["init_args.run_name"] = default_run_name(
+        config.get("data.task"), config.get("model.harmonizer_mode"), config.get("seed_everything")
+    )
+
+
+FIT_USAGE = "hwm fit --config FILE [--config FILE ...] [--section.key VALUE ...] [--ckpt_path PATH|last]"
 SEED_LOG = "lightning.fabric.utilities.seed"
 RANK_ZERO_LOG = "lightning.pytorch.utilities.rank_zero"
 # TorchRL announces every storage it allocates on stdout; keep stdout for results.
@@ -163,7 +185,15 @@ def build_cli(args: Sequence[str]) -> HwmCLI:
                 args=list(args),
                 save_config_callback=None,
                 seed_everything_default=0,
-                parser_kwargs={"exit_on_error": False, "prog": "hwm fit", "parser_mode": "omegaconf"},
+                parser_kwargs={
+                    "exit_on_error": False,
+                    "prog": "hwm fit",
+                    "parser_mode": "omegaconf",
+                    # argparse's usage would list all ~80 options before the first explanation.
+                    "usage": FIT_USAGE,
+                    "description": "Train a HarmonyDream agent. Every option is a class's keyword argument: "
+                    "hwm's own (model.*, data.*, progress_bar.*, checkpoint.*) first, Lightning's Trainer last.",
+                },
                 auto_configure_optimizers=False,
             )
     except SystemExit:

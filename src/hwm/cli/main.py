@@ -19,8 +19,16 @@ COMMANDS = ("fit", "study", "compare")
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        import hwm
+
+        print(f"hwm {hwm.__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: hwm fit --config FILE [--config FILE ...] [--section.key VALUE ...]\n")
+        print(
+            "usage: hwm fit --config FILE [--config FILE ...] [--section.key VALUE ...]\n"
+            "       hwm study ... | hwm compare ... | hwm --version\n"
+        )
         print(
             "commands:\n  fit      train a HarmonyDream agent (hwm fit --help lists every option)\n"
             "  study    seeds x variants of hwm fit under one MLflow experiment (hwm study --help)\n"
@@ -47,11 +55,24 @@ def fit(args: list[str]) -> int:
     """`hwm fit`: builds (or resumes) the run, records it, trains."""
     # Must be set before dm_control/mujoco pick a GL backend at import time; EGL works headless.
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if not {"-h", "--help"} & set(args):
+        from hwm.cli.preflight import PreflightError, check_config_files, check_writable
+        from hwm.experiments.tracking import DEFAULT_URI
+
+        # Before Lightning is imported: a bad file or an unwritable store is one line in a fraction of a second.
+        try:
+            check_config_files(args)
+            check_writable(args, DEFAULT_URI)
+        except PreflightError as exc:
+            print(f"hwm fit: error: {exc}", file=sys.stderr)
+            return 2
     from hwm.checkpoints.io import CheckpointError
     from hwm.checkpoints.validate import describe
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
+    from hwm.cli.prescan import flag_value
     from hwm.cli.resume import build_or_resume
+    from hwm.cli.summary import budget_notice
 
     try:
         # Nothing Lightning says while building should precede a one-line error.
@@ -62,8 +83,10 @@ def fit(args: list[str]) -> int:
         return 2
     if resume is not None:
         frames = resume.env_frames
+        picked = flag_value(args, "--ckpt_path") == "last"
+        why = " (--ckpt_path last: the newest run under the checkpoint folder)" if picked else ""
         print(
-            f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path} "
+            f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path}{why} "
             f"({resume.meta['updates']} updates, {frames} env frames)"
             + (f"; overrides applied: {describe(resume.applied)}" if resume.applied else ""),
             file=sys.stderr,
@@ -80,14 +103,39 @@ def fit(args: list[str]) -> int:
                 f"{cli.data.total_frames}): nothing to train; pass a larger --data.total_frames",
                 file=sys.stderr,
             )
-    start_run(cli, resume)
+    notice = budget_notice(cli.data.total_frames, cli.data.prefill_frames, resume.env_frames if resume else 0)
+    if notice is not None:
+        print(notice, file=sys.stderr)
+    run_id = start_run(cli, resume)
     size_threads(cli.trainer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume.path if resume else None)
+    if cli.trainer.is_global_zero:
+        print_summary(cli, run_id)
     return 0
 
 
-def start_run(cli: HwmCLI, resume: Resume | None) -> None:
-    """Records the run in MLflow (rank 0) and points the checkpoints at the run's folder."""
+def print_summary(cli: HwmCLI, run_id: str | None) -> None:
+    """The end-of-run block: which run, how it did, where its checkpoint is, what to type next."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from hwm.cli.summary import summarize_run
+
+    logger = cli.trainer.logger
+    checkpoint = cli.periodic_checkpoint()
+    summary = summarize_run(
+        client=logger.experiment if isinstance(logger, MLFlowLogger) and run_id is not None else None,
+        run_id=run_id,
+        experiment=cli.config.get("trainer.logger.init_args.experiment_name") if run_id else None,
+        tracking_uri=cli.config.get("trainer.logger.init_args.tracking_uri") if run_id else None,
+        frames=int(cli.data.counters.get("env_frames", 0)),
+        updates=cli.agent.updates,
+        run_dir=checkpoint.run_dir if checkpoint is not None else None,
+    )
+    print("\n".join(summary.lines()), file=sys.stderr)
+
+
+def start_run(cli: HwmCLI, resume: Resume | None) -> str | None:
+    """Records the run in MLflow (rank 0) and points the checkpoints at the run's folder; the run's id."""
     from hwm.cli.run_log import ResumeRecord, log_run
 
     config = cli.config_yaml()
@@ -105,13 +153,14 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> None:
         )
     checkpoint = cli.periodic_checkpoint()
     if checkpoint is None:
-        return
+        return run_id
     if resume is not None:
         run_dir = resume.path.parent
     else:
         run_dir = Path(checkpoint.dirpath) / str(run_id or f"run-{os.getpid()}")
     tracking = cli.config.get("trainer.logger.init_args.tracking_uri") if run_id is not None else None
     checkpoint.start_run(run_dir, {"run_id": run_id, "tracking_uri": tracking, "config": config})
+    return run_id
 
 
 def size_threads(trainer: Trainer) -> None:

@@ -26,6 +26,7 @@ from hwm.checkpoints.validate import (
 from hwm.cli.errors import ConfigError
 from hwm.cli.fit import HwmCLI, build_cli
 from hwm.cli.prescan import PrescanError, config_paths, flag_value, pop_flag, read_config, split_config_files
+from hwm.cli.run_match import OtherRunError, check_same_run, same_value
 from hwm.data.datamodule import ReplayDataModule
 from hwm.experiments.tracking import upgrade_class_paths
 
@@ -95,6 +96,10 @@ def build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
     path = resolve_ckpt_path(ckpt_arg, flag_value(args, "--checkpoint.dirpath") or "checkpoints")
     checkpoint = load_for_resume(path)
     saved = {k: v for k, v in yaml.safe_load(checkpoint[HWM_KEY]["config"]).items() if k not in IGNORED_KEYS}
+    try:
+        check_same_run(args, saved, path, picked_as_last=ckpt_arg == "last")
+    except OtherRunError as exc:
+        raise ConfigError(str(exc)) from exc
     files, overrides = split_config_files(args)
     run_id = checkpoint[HWM_KEY]["run_id"]
     if run_id is not None and flag_value(overrides, RUN_ID_KEY) is None:
@@ -159,5 +164,8 @@ def _shadowed(files: list[Path], overrides: list[str], saved: dict[str, Any]) ->
     return [
         (k, v, from_saved[k])
         for k, v in sorted(from_files.items())
-        if k in from_saved and from_saved[k] != v and k not in given and k.split(".")[0] not in IGNORED_KEYS
+        if k in from_saved
+        and not same_value(from_saved[k], v)
+        and k not in given
+        and k.split(".")[0] not in IGNORED_KEYS
     ]

@@ -10,7 +10,7 @@ import yaml
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 
 from hwm.checkpoints.validate import IGNORED_KEYS, describe, flatten
-from hwm.experiments.tracking import source_tags
+from hwm.experiments.tracking import EXPERIMENT_KIND_TAG, source_tags
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ def log_run(
         client.log_text(run_id, config, "config.yaml")
         for key, value in {**tags, **source_tags(seed)}.items():
             client.set_tag(run_id, key, value)
+        client.set_experiment_tag(logger.experiment_id, *EXPERIMENT_KIND_TAG)
     else:
         existing = client.get_run(run_id).data.params
         logger.log_hyperparams({k: v for k, v in flat.items() if k not in existing})

@@ -33,6 +33,7 @@ from hwm.experiments.runs import (
     groups,
     load_runs,
     mlflow_client,
+    resolve_experiment,
 )
 from hwm.experiments.scores import iqm_interval
 from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, STUDY_TAG, SUMMARY_TAG
@@ -54,6 +55,10 @@ __all__ = [
 ]
 
 
+# Below this many runs a group's bootstrap interval is little more than the spread of its few values.
+FEW_RUNS = 5
+
+
 def summarize(runs: Sequence[RunCurve], *, reps: int = 2000, seed: int = 0) -> list[GroupStats]:
     """One row per group; the IQM's CI is None for a group of one run (a warning says so)."""
     by_group = groups(runs)
@@ -63,6 +68,12 @@ def summarize(runs: Sequence[RunCurve], *, reps: int = 2000, seed: int = 0) -> l
     for g, rs in by_group.items():
         if len(rs) == 1:
             warnings.warn(f"group {g!r} has one run: no confidence interval", stacklevel=2)
+        elif len(rs) < FEW_RUNS:
+            warnings.warn(
+                f"group {g!r} has {len(rs)} runs: its 95% CI is a bootstrap over {len(rs)} values and can be no "
+                f"wider than their range (min to max); {FEW_RUNS} or more runs per group give a usable interval",
+                stacklevel=2,
+            )
         lo, hi = interval[g] if len(rs) > 1 else (None, None)
         final = finals[g][:, 0]
         out.append(
@@ -188,9 +199,16 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hwm compare",
         description="Compare the runs of an MLflow experiment grouped by a param: a table per group "
-        "(final/best value, IQM with a 95%% stratified bootstrap CI via rliable) and plots.",
+        "(final/best value, IQM with a 95% stratified bootstrap CI via rliable) and plots. Reads the store "
+        "only: it never creates one.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--experiment", "-e", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    p.add_argument(
+        "--experiment",
+        "-e",
+        default=None,
+        help="MLflow experiment name (default: the store's only experiment with runs)",
+    )
     p.add_argument("--tracking-uri", default=DEFAULT_URI, help="MLflow tracking URI (sqlite store or server)")
     p.add_argument(
         "--metric",
@@ -229,6 +247,13 @@ def main(argv: Sequence[str]) -> int:
     if usage:
         print(f"hwm compare: error: {usage}", file=sys.stderr)
         return 2
+    try:
+        args.experiment, notice = resolve_experiment(args.tracking_uri, args.experiment)
+    except CompareError as exc:
+        print(f"hwm compare: error: {exc}", file=sys.stderr)
+        return 2
+    if notice:
+        print(f"hwm compare: {notice}", file=sys.stderr)
     if args.across_tasks:
         from hwm.experiments.compare_tasks import main_across_tasks
 
@@ -251,8 +276,15 @@ def main(argv: Sequence[str]) -> int:
         except CompareError as exc:
             print(f"hwm compare: error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # the output folder: read-only, or a file in its place
+            where = exc.filename or args.out
+            print(
+                f"hwm compare: error: cannot write {where}: {exc.strerror}; pass --out FOLDER",
+                file=sys.stderr,
+            )
+            return 2
     for w in caught:
-        if str(w.message).startswith("group "):
+        if str(w.message).startswith("group "):  # one run, or too few for the interval to mean much
             print(f"hwm compare: warning: {w.message}", file=sys.stderr)
     n = len(result.runs)
     print(

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from hwm.experiments.tracking import FRAMES_METRIC, STUDY_TAG, SUMMARY_TAG, upgrade_class_paths
+from hwm.experiments.tracking import FRAMES_METRIC, STUDY_TAG, SUMMARY_TAG, sqlite_path, upgrade_class_paths
 
 DEFAULT_METRIC = "eval/return"
 DEFAULT_GROUP_BY = "model.harmonizer_mode"
@@ -57,9 +57,41 @@ class GroupStats:
 
 
 def mlflow_client(tracking_uri: str) -> Any:
+    """A client of an existing store: reading never creates one (MLflow would make an empty sqlite file)."""
+    database = sqlite_path(tracking_uri)
+    if database is not None and not database.is_file():
+        raise CompareError(
+            f"no MLflow store at {str(database.absolute())!r} (tracking URI {tracking_uri}): run hwm compare "
+            "where hwm fit ran (it writes mlflow.db there), or pass --tracking-uri"
+        )
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def resolve_experiment(tracking_uri: str, experiment: str | None) -> tuple[str, str | None]:
+    """(the experiment to compare, a notice): the one named, else the store's only experiment with runs.
+
+    hwm's presets log to experiments of their own (hwm-tiny, hwm-cartpole, ...), so a fixed default would
+    miss most stores; with several experiments the user picks one.
+    """
+    if experiment is not None:
+        return experiment, None
+    client = mlflow_client(tracking_uri)
+    counts = {}
+    for exp in client.search_experiments():
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        if runs:
+            counts[exp.name] = len(runs)
+    if len(counts) == 1:
+        name = next(iter(counts))
+        return name, f"comparing experiment {name!r}, the only one with runs in {tracking_uri}"
+    if not counts:
+        raise CompareError(f"the store {tracking_uri} has no runs yet")
+    listed = ", ".join(f"{name} ({n} run{'s' * (n != 1)})" for name, n in sorted(counts.items()))
+    raise CompareError(
+        f"the store {tracking_uri} has several experiments: {listed}; pick one with --experiment"
+    )
 
 
 def experiment_id(client: Any, experiment: str) -> str:
@@ -94,11 +126,16 @@ def search_runs(
     client = mlflow_client(tracking_uri)
     exp_id = experiment_id(client, experiment)
     filters = [f for f in (filter_string, f"tags.`{STUDY_TAG}` = '{study}'" if study else "") if f]
-    runs = [
-        r
-        for r in client.search_runs([exp_id], filter_string=" and ".join(filters), max_results=5000)
-        if r.data.tags.get(SUMMARY_TAG) != "true"
-    ]
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_runs([exp_id], filter_string=" and ".join(filters), max_results=5000)
+    except MlflowException as exc:
+        first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else type(exc).__name__
+        raise CompareError(
+            f"bad --filter {filter_string!r}: {first} (e.g. \"params.`data.task` = 'cartpole-balance'\")"
+        ) from None
+    runs = [r for r in found if r.data.tags.get(SUMMARY_TAG) != "true"]
     if not runs:
         where = f" of study {study!r}" if study else ""
         raise CompareError(f"experiment {experiment!r} has no runs{where} to compare")

@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import re
 import secrets
 import shlex
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,13 @@ class Study:
     study_id: str = ""
     dry_run: bool = False
     jobs: int = 1
+    logs: Path = Path("studies")
+    progress_every: float = 60.0
+
+    def log_path(self, index: int, variant: dict[str, str], seed: int) -> Path:
+        """Where run ``index`` (1-based) writes its output: beside the study's other runs."""
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", run_name(variant, seed))
+        return self.logs / self.study_id / f"{index:02d}-{slug}.log"
 
     def variants(self) -> list[dict[str, str]]:
         keys = list(self.vary)
@@ -121,6 +130,18 @@ def build(argv: Sequence[str]) -> Study:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1: one after another)")
     p.add_argument("--dry-run", action="store_true", help="print the hwm fit commands and exit")
     p.add_argument(
+        "--logs",
+        type=Path,
+        default=Path("studies"),
+        help="each run's output goes to LOGS/<study id>/ (default studies)",
+    )
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=60.0,
+        help="seconds between progress lines (env frames) of a running run (default 60; 0: none)",
+    )
+    p.add_argument(
         "fit_args", nargs=argparse.REMAINDER, help="after --: extra hwm fit arguments for every run"
     )
     ns = p.parse_args(list(argv))
@@ -134,6 +155,8 @@ def build(argv: Sequence[str]) -> Study:
         raise StudyError("give at least one --config FILE (or `config:` in the plan)")
     if ns.jobs < 1:
         raise StudyError(f"--jobs must be >= 1; got {ns.jobs}")
+    if ns.progress_every < 0:
+        raise StudyError(f"--progress-every must be >= 0; got {ns.progress_every}")
     if len(set(seeds)) != len(seeds):
         raise StudyError(f"--seeds has duplicates: {seeds}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -147,6 +170,8 @@ def build(argv: Sequence[str]) -> Study:
         study_id=ns.study_id or f"study-{stamp}-{secrets.token_hex(2)}",
         dry_run=ns.dry_run,
         jobs=ns.jobs,
+        logs=ns.logs,
+        progress_every=ns.progress_every,
     )
     return study
 
@@ -189,6 +214,15 @@ def run(study: Study) -> int:
             cmd = ["hwm", "fit", *study.fit_args(variant, seed)]
             print(f"[{i}/{len(jobs)}] {run_name(variant, seed)}: {shlex.join(cmd)}")
         return 0
+    try:
+        (study.logs / study.study_id).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"hwm study: error: cannot write the runs' logs under {study.logs / study.study_id}: {exc.strerror}; "
+            "run from a writable folder or pass --logs FOLDER",
+            file=sys.stderr,
+        )
+        return 2
     lock, stop = threading.Lock(), threading.Event()
 
     def one(i: int, variant: dict[str, str], seed: int) -> int:
@@ -196,22 +230,23 @@ def run(study: Study) -> int:
         label = f"[{i}/{len(jobs)}] {run_name(variant, seed)}"
         if stop.is_set():
             return 2
+        log = study.log_path(i, variant, seed)
         with lock:
-            print(f"{label}: running", flush=True)
+            print(f"{label}: running (log: {log})", flush=True)
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        code = _run_logged(cmd, log, study.progress_every, lambda text: _say(lock, f"{label}: {text}"))
         took = time.perf_counter() - start
         with lock:
-            if proc.returncode == 0:
+            if code == 0:
                 print(f"{label}: done in {took:.1f} s", flush=True)
             else:
-                tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-                print(f"{label}: failed (exit {proc.returncode}) in {took:.1f} s: {tail}", flush=True)
+                tail = last_message(log)
+                print(f"{label}: failed (exit {code}) in {took:.1f} s: {tail} (log: {log})", flush=True)
                 failed.append(run_name(variant, seed))
-                if proc.returncode == 2:  # bad config: the study stops
+                if code == 2:  # bad config: the study stops
                     stop.set()
                     print(f"hwm study: error: stopping: {tail}", file=sys.stderr)
-        return proc.returncode
+        return code
 
     logger = "trainer.logger.init_args."
     experiment = (
@@ -239,6 +274,56 @@ def run(study: Study) -> int:
         print(f"hwm study: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _say(lock: threading.Lock, line: str) -> None:
+    with lock:
+        print(line, flush=True)
+
+
+# A progress bar's state in a run's log: "123/400 [" (tqdm's n/total).
+_FRAMES = re.compile(r"(\d+)/(\d+) \[")
+# tqdm's redraws, not messages: "hwm fit:  41%|...".
+_BAR = re.compile(r"^hwm fit:\s+\d+%")
+
+
+def frames_so_far(log: Path) -> tuple[int, int] | None:
+    """(env frames, budget) from the last progress-bar update in a run's log, if any yet."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - 4096))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = _FRAMES.findall(text)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+def last_message(log: Path) -> str:
+    """The last line of a run's log that is a message, not a progress-bar redraw."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text)]
+    messages = [line for line in lines if line and not _BAR.match(line)]
+    return messages[-1] if messages else "(no output)"
+
+
+def _run_logged(cmd: list[str], log: Path, every: float, report: Callable[[str], None]) -> int:
+    """Runs ``cmd`` with stdout and stderr in ``log``; every ``every`` s reports new progress; the exit code."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log follows the run, not its buffers
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        shown = None
+        while True:
+            try:
+                return proc.wait(timeout=every if every > 0 else None)
+            except subprocess.TimeoutExpired:
+                frames = frames_so_far(log)
+                if frames is not None and frames != shown:
+                    shown = frames
+                    report(f"{frames[0]}/{frames[1]} env frames")
 
 
 def main(argv: Sequence[str]) -> int:

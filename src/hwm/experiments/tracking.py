@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import hwm
 
@@ -12,6 +14,8 @@ DEFAULT_EXPERIMENT = "hwm"
 STUDY_TAG = "hwm.study"
 SUMMARY_TAG = "hwm.summary"  # the runs `hwm compare --log-to-mlflow` creates; never compared themselves
 FRAMES_METRIC = "progress/env_frames"
+# MLflow 3's UI opens an experiment on its GenAI (traces) pages unless the experiment says it trains models.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 # Class paths that configs (checkpoints, MLflow params) recorded before hwm's package layout.
 LEGACY_CLASS_PATHS = {
@@ -60,3 +64,22 @@ def source_tags(seed: int | None = None) -> dict[str, str]:
     if seed is not None:
         tags["seed"] = str(seed)
     return tags
+
+
+def default_run_name(task: str | None, mode: str | None, seed: object, when: float | None = None) -> str:
+    """A run's MLflow name when none is given: task, harmonizer mode, seed and start time, e.g.
+    ``cartpole-balance-rectified-s0-20261130-071502``; distinct per start even with the same seed (MLflow's
+    own random names repeat because the global RNG is seeded before MLflow draws them)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    seed_part = f"s{seed}" if isinstance(seed, int) and not isinstance(seed, bool) else None
+    return "-".join(str(p) for p in (task, mode, seed_part, stamp) if p not in (None, ""))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (relative to the working directory), else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    # sqlite:///mlflow.db -> "/mlflow.db" (relative); sqlite:////abs/mlflow.db -> "//abs/mlflow.db".
+    path = unquote(parsed.path)
+    return Path(path[1:] if path.startswith("/") else path)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from contextlib import ExitStack
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hwm.training.stream import AgentProgress, Stream
+
+# Lightning's own logger: its console handler prints rank_zero_info lines, hwm's notices among them.
+LIGHTNING_LOG = "lightning.pytorch"
 
 
 class FrameProgressBar(TQDMProgressBar):
@@ -19,6 +25,10 @@ class FrameProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate)
         self._stream: Stream | None = None
         self._agent: AgentProgress | None = None
+        self._open = False  # whether this run's bar has been shown (the parent's reference is private)
+        # While the bar is shown, Lightning's log lines (hwm's checkpoint notices among them) go through
+        # tqdm.write, which clears the bar, prints the line and redraws it, instead of into the bar's line.
+        self._redirect = ExitStack()
 
     def attach(self, stream: Stream, agent: AgentProgress) -> None:
         """Where the bar's numbers come from: frames from the stream, updates and returns from the agent."""
@@ -44,16 +54,27 @@ class FrameProgressBar(TQDMProgressBar):
             bar_format=self.BAR_FORMAT,
         )
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Not the parent's: it resets the bar to batches of an unknown total. One epoch is the whole run.
-        if self._leave:
-            self.train_progress_bar = self.init_train_tqdm()
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # not the parent's bar of batches: this one opens with the first batch (_show)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if (batch_idx + 1) % max(self.refresh_rate, 1):
-            return
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not the parent's: it resets the bar to batches of an unknown total. One epoch is the whole run, and
+        # the bar opens with its first batch, after the prefill, so the prefill's notice is not printed into
+        # it (a resumed run's first batch comes at once).
+        self._open = False
+
+    def _show(self) -> None:
+        """Frames and the latest returns on the bar, opened on first use."""
+        if not self._open:
+            self.train_progress_bar = self.init_train_tqdm()
+            self._open = True
+            log = logging.getLogger(LIGHTNING_LOG)
+            # Only where Lightning prints to the console itself (it does unless logging was set up before).
+            if any(
+                type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)
+                for h in log.handlers
+            ):
+                self._redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
         bar = self.train_progress_bar
         bar.n = self._frames()
         postfix: dict[str, Any] = {"updates": self._agent.updates if self._agent is not None else 0}
@@ -65,8 +86,24 @@ class FrameProgressBar(TQDMProgressBar):
         bar.set_postfix(postfix, refresh=False)
         bar.refresh()
 
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._open or (batch_idx + 1) % max(self.refresh_rate, 1) == 0:
+            self._show()
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        frames = self._frames()
-        if self.train_progress_bar.n != frames:
-            self.train_progress_bar.n = frames
-            self.train_progress_bar.refresh()
+        # The final evaluation is logged by the agent's epoch-end hook, which runs after this one: the bar is
+        # brought up to date in on_train_end instead.
+        pass
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._open:
+            self._show()  # the last frames and the final evaluation, not the values of the last update
+            self.train_progress_bar.close()
+        self._redirect.close()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._redirect.close()  # the error's own lines print as usual

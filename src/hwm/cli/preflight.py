@@ -1,0 +1,90 @@
+"""Checks of `hwm fit`'s input that need neither Lightning nor MLflow, so that they fail in a fraction of a
+second with one line: config files that are not YAML mappings, and a run that could not write its record.
+
+Without them a malformed file surfaces from deep inside jsonargparse, and a read-only working directory
+keeps MLflow retrying its sqlite store for minutes before the parser reports a union-type error.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from hwm.cli.prescan import config_paths, last_value
+from hwm.experiments.tracking import sqlite_path
+
+
+class PreflightError(Exception):
+    """Bad user input found before anything is built: one line, exit code 2."""
+
+
+def check_config_files(args: Sequence[str]) -> None:
+    """Each ``--config FILE`` exists and holds a YAML mapping (an empty file is allowed)."""
+    for path in config_paths(args):
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise PreflightError(f"config file {str(path)!r} does not exist") from None
+        except OSError as exc:
+            raise PreflightError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise PreflightError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            shown = " ".join(str(loaded).split())[:60]
+            raise PreflightError(
+                f"config file {str(path)!r} must hold a mapping of keys (e.g. `data:` / `model:` sections); "
+                f"it holds a {type(loaded).__name__}: {shown!r}"
+            )
+
+
+def writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (or in the nearest existing folder above it).
+
+    Tried for real rather than with ``os.access``: root passes every permission check, yet a read-only
+    mount still refuses.
+    """
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_writable(args: Sequence[str], default_uri: str, default_checkpoints: str = "checkpoints") -> None:
+    """The run's sqlite store and checkpoint folder can be written (a resume writes both too)."""
+    if any(a == "--print_config" or a.startswith("--print_config=") for a in args):
+        return  # prints the config, writes nothing
+    logger = "trainer.logger.init_args."
+    uri = last_value(args, logger + "tracking_uri") or default_uri
+    database = sqlite_path(str(uri))
+    if str(last_value(args, "trainer.logger", "")).lower() in ("false", "none"):
+        database = None  # no MLflow logger, no store
+    if database is not None:
+        target = database if database.exists() else database.parent
+        if (database.exists() and not os.access(database, os.W_OK)) or not writable(
+            target if target.is_dir() else target.parent
+        ):
+            raise PreflightError(
+                f"cannot write the MLflow store {str(database.absolute())!r} (tracking URI {uri}): run from a "
+                "writable folder or pass --trainer.logger.init_args.tracking_uri sqlite:////writable/mlflow.db"
+            )
+    if str(last_value(args, "trainer.enable_checkpointing", "true")).lower() == "false":
+        return
+    checkpoints = Path(str(last_value(args, "checkpoint.dirpath") or default_checkpoints))
+    if not writable(checkpoints):
+        raise PreflightError(
+            f"cannot write checkpoints under {str(checkpoints.absolute())!r}: run from a writable folder or "
+            "pass --checkpoint.dirpath /writable/folder"
+        )
