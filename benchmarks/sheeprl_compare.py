@@ -1,14 +1,19 @@
 """Side-by-side speed benchmark: hwm against SheepRL 0.8.4 (DreamerV3-XS, DMC walker-walk from 64x64 pixels).
 
     python benchmarks/sheeprl_compare.py [--updates 20] [--warmup 3] [--prefill-steps 256] [--threads 2]
+                                         [--num-envs 1] [--accelerator cpu|gpu]
                                          [--venv ~/.cache/hwm-bench/sheeprl-venv] [--out benchmarks/results/sheeprl]
 
 Both systems run on this machine in one invocation, one after the other (never concurrently), each in its own
 process with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` and ``torch.set_num_threads`` set to ``--threads``, with
 the same base (DreamerV3), model size (XS: GRU 256, CNN depth 24, MLPs 1 x 256, 32 x 32 latents), batch x
-sequence length (16 x 64), env (DMC walker-walk, 64x64 pixels, action repeat 2, one env), replay/train ratio
-(0.5 updates per agent step: SheepRL ``algo.replay_ratio=0.5`` = hwm ``data.train_ratio=512`` with 16 x 64),
-precision (``--precision``: both ``32-true`` or both ``bf16-mixed``) on CPU, and a short prefill of random actions (``--prefill-steps`` agent steps) before
+sequence length (16 x 64), env (DMC walker-walk, 64x64 pixels, action repeat 2), the number of envs
+(``--num-envs N``: SheepRL ``env.num_envs=N``, hwm ``data.num_envs=N``; with N > 1 both step them in worker
+processes: SheepRL's ``env.sync_env=False`` (gymnasium's AsyncVectorEnv), hwm's TorchRL ParallelEnv), the
+device (``--accelerator``: both on the CPU, or both on the same GPU), replay/train ratio
+(0.5 updates per agent step of any env: SheepRL ``algo.replay_ratio=0.5`` = hwm ``data.train_ratio=512`` with
+16 x 64),
+precision (``--precision``: both ``32-true`` or both ``bf16-mixed``), and a short prefill of random actions (``--prefill-steps`` agent steps) before
 ``--warmup + --updates`` gradient updates. The first ``--warmup`` updates are not measured.
 
 SheepRL is not a project dependency: it lives in its own virtual environment (``--venv``), created on first use
@@ -252,19 +257,27 @@ def child_env(threads: int, **extra: str) -> dict[str, str]:
 
 
 def sheeprl_overrides(
-    prefill_steps: int, updates: int, warmup: int, threads: int, seed: int, precision: str = "32-true"
+    prefill_steps: int,
+    updates: int,
+    warmup: int,
+    threads: int,
+    seed: int,
+    precision: str = "32-true",
+    num_envs: int = 1,
+    accelerator: str = "cpu",
 ) -> list[str]:
-    total_steps = prefill_steps + int((warmup + updates) / UPDATES_PER_STEP) + 4
+    # Policy steps count every env (SheepRL's and hwm's budgets alike).
+    total_steps = prefill_steps + int((warmup + updates) / UPDATES_PER_STEP) + 4 * num_envs
     return [
         "exp=dreamer_v3_dmc_walker_walk",
         "algo=dreamer_v3_XS",
         f"seed={seed}",
         f"num_threads={threads}",
-        "fabric.accelerator=cpu",
+        f"fabric.accelerator={'cuda' if accelerator == 'gpu' else 'cpu'}",
         "fabric.devices=1",
         f"fabric.precision={precision}",
-        "env.num_envs=1",
-        "env.sync_env=True",
+        f"env.num_envs={num_envs}",
+        f"env.sync_env={num_envs == 1}",
         "env.capture_video=False",
         f"env.action_repeat={ACTION_REPEAT}",
         "env.screen_size=64",
@@ -285,7 +298,13 @@ def sheeprl_overrides(
 
 
 def hwm_overrides(
-    prefill_steps: int, seed: int, render: str = "fast", precision: str = "32-true", compile: bool = False
+    prefill_steps: int,
+    seed: int,
+    render: str = "fast",
+    precision: str = "32-true",
+    compile: bool = False,
+    num_envs: int = 1,
+    accelerator: str = "cpu",
 ) -> list[str]:
     return [
         "--config",
@@ -293,7 +312,11 @@ def hwm_overrides(
         "--seed_everything",
         str(seed),
         "--trainer.accelerator",
-        "cpu",
+        accelerator,
+        "--trainer.devices",
+        "1",
+        "--data.num_envs",
+        str(num_envs),
         "--trainer.precision",
         precision,
         "--model.size",
@@ -321,8 +344,9 @@ def hwm_overrides(
     ]
 
 
-def summarize_sheeprl(rec: dict[str, Any], warmup: int) -> dict[str, Any]:
-    """Turns the launcher's raw records into the reported figures (pure: unit-tested)."""
+def summarize_sheeprl(rec: dict[str, Any], warmup: int, num_envs: int = 1) -> dict[str, Any]:
+    """Turns the launcher's raw records into the reported figures (pure: unit-tested). One env interaction
+    phase steps every env once: ``num_envs`` agent steps."""
     train = rec["train"]
     if warmup < 1 or len(train) < warmup + 2:
         raise ValueError(
@@ -351,8 +375,10 @@ def summarize_sheeprl(rec: dict[str, Any], warmup: int) -> dict[str, Any]:
         "s_per_update": statistics.median(gaps),
         "updates_per_s": len(gaps) / (ends[-1] - measured_from),
         "update_s": statistics.median(durations),
-        "env_frames_per_s": ACTION_REPEAT * len(acting) / sum(acting) if acting else None,
-        "prefill_env_frames_per_s": ACTION_REPEAT * len(prefill) / sum(prefill) if prefill else None,
+        "env_frames_per_s": ACTION_REPEAT * num_envs * len(acting) / sum(acting) if acting else None,
+        "prefill_env_frames_per_s": (
+            ACTION_REPEAT * num_envs * len(prefill) / sum(prefill) if prefill else None
+        ),
         "params": trainable,
         "params_total": trainable + params.get("target_critic", 0),
         "params_by_module": params,
@@ -366,8 +392,9 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
     launcher.write_text(LAUNCHER)
     raw = work / "sheeprl_records.json"
     overrides = sheeprl_overrides(
-        args.prefill_steps, args.updates, args.warmup, args.threads, args.seed, args.precision
-    )
+        args.prefill_steps, args.updates, args.warmup, args.threads, args.seed, args.precision,
+        args.num_envs, args.accelerator,
+    )  # fmt: skip
     log = work / "sheeprl.log"
     env = child_env(args.threads, HWM_PROFILE_CALL=str(args.warmup - 1))
     rc, usage = run_logged([str(python), str(launcher), str(raw), *overrides], log, env, work)
@@ -378,7 +405,9 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
     return {
         "system": "sheeprl",
         "version": SHEEPRL_VERSION,
-        **summarize_sheeprl(rec, args.warmup),
+        **summarize_sheeprl(rec, args.warmup, args.num_envs),
+        "num_envs": args.num_envs,
+        "accelerator": args.accelerator,
         **usage,
         "command": ["sheeprl", *overrides],
         "rendering": "every physics step (2 per agent step), MuJoCo default offscreen settings",
@@ -387,8 +416,9 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
 
 def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     overrides = hwm_overrides(
-        args.prefill_steps, args.seed, args.hwm_render, args.precision, args.hwm_compile
-    )
+        args.prefill_steps, args.seed, args.hwm_render, args.precision, args.hwm_compile,
+        args.num_envs, args.accelerator,
+    )  # fmt: skip
     env = child_env(
         args.threads, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     )
@@ -435,6 +465,9 @@ def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "command": ["python", "benchmarks/throughput.py", *cmd[2:]],
         "rendering": f"once per agent step, {args.hwm_render} offscreen settings",
         "compile": args.hwm_compile,
+        "num_envs": args.num_envs,
+        "accelerator": args.accelerator,
+        "device": result.get("device"),
     }
 
 
@@ -513,12 +546,23 @@ def main(argv: list[str] | None = None) -> int:
         default="32-true",
         help="both systems' Lightning precision (SheepRL fabric.precision, hwm trainer.precision)",
     )
+    parser.add_argument(
+        "--num-envs", type=int, default=1, help="envs per system (the same N for both; > 1: worker processes)"
+    )
+    parser.add_argument(
+        "--accelerator", choices=["cpu", "gpu"], default="cpu", help="both systems on the CPU or one GPU"
+    )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--only", choices=["sheeprl", "hwm"], help="run one system (no ratios)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sheeprl")
     args = parser.parse_args(argv)
-    if args.warmup < 1 or args.updates < 2 or args.repeats < 1:
-        parser.error("--warmup and --repeats must be >= 1 and --updates >= 2")
+    if args.warmup < 1 or args.updates < 2 or args.repeats < 1 or args.num_envs < 1:
+        parser.error("--warmup, --repeats and --num-envs must be >= 1 and --updates >= 2")
+    if args.accelerator == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--accelerator gpu: no CUDA device is visible to torch here")
     if args.prefill_steps < SEQ:
         parser.error(f"--prefill-steps must be >= the sequence length {SEQ}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -559,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"parameter counts differ: SheepRL {sheeprl['params']:,} vs hwm {hwm['params']:,} (trainable)"
             )
     tag = f"{args.precision}{'_compile' if args.hwm_compile else ''}"
+    if args.num_envs != 1 or args.accelerator != "cpu":
+        tag += f"_{args.accelerator}_envs{args.num_envs}"
     name = (
         f"results_{tag}.jsonl" if args.only is None else f"results_{args.only}_{args.hwm_render}_{tag}.jsonl"
     )

@@ -16,7 +16,6 @@ from torchrl.envs import EnvBase, ParallelEnv, RewardSum, SerialEnv, Transform
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from hwm.checkpoints.io import CheckpointError
-
 from hwm.envs.common import SUCCESS_KEY, EnvInfo, EpisodeRng
 from hwm.envs.suites import EnvConfig
 from hwm.models.policy import DreamerPolicy
@@ -65,6 +64,7 @@ class Collection:
         # Agent steps per env per collect; a collect yields ``num_envs`` times as many.
         self.steps_per_env = max(1, math.ceil(steps_per_collect / num_envs))
         self.prefill_steps = prefill_steps
+        self._action_dtype = self.env.action_spec.dtype
         self.collected = 0  # agent steps collected by this process, all its envs together
         self._carrier = self.env.reset()
         # TorchRL's collector, which collected before this loop, ran the policy once on the first
@@ -104,6 +104,8 @@ class Collection:
                     self.env.rand_action(self._carrier)
                 else:
                     self._carrier = self.policy(self._carrier)
+                    # Stored as the env's action spec says (one-hot actions as integers), as random ones are.
+                    self._carrier.set("action", self._carrier.get("action").to(self._action_dtype))
                 transition, self._carrier = self.env.step_and_maybe_reset(self._carrier)
                 steps.append(transition)
         self.collected += self.steps_per_env * self.num_envs
@@ -120,7 +122,9 @@ class Collection:
         length = per_env.shape[1]
         for i in range(per_env.shape[0]):
             ends = done[i].nonzero()
-            self._episode_steps[i] = length - 1 - int(ends[-1]) if len(ends) else self._episode_steps[i] + length
+            self._episode_steps[i] = (
+                length - 1 - int(ends[-1]) if len(ends) else self._episode_steps[i] + length
+            )
         if not done.any():
             return Collected(data.numel(), 0, {})
         # In time order (step-major), so that "the last episode that ended" is the latest one.
@@ -191,7 +195,7 @@ def _training_env(env_config: EnvConfig, primer: Transform, seed: int) -> EnvBas
     """``env_config``'s env seeded ``seed``, with the policy's latent primed and the episode return summed
     (module level: ParallelEnv pickles it into its workers)."""
     env = env_config.make(seed)
-    env.append_transform(primer)
+    env.append_transform(primer.clone())  # a fresh one per env: a transform belongs to one env
     env.append_transform(RewardSum())
     return env
 

@@ -11,11 +11,12 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDictBase
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from hwm.checkpoints.io import CheckpointError
 from hwm.data.collection import Collection, TrainRatio, prefill_share, transitions_to_rows
 from hwm.data.evaluation import Evaluator
+from hwm.data.loader import stream_loader, to_device
 from hwm.data.replay import SequenceReplay
 from hwm.envs.common import EnvInfo
 from hwm.envs.suites import EnvConfig
@@ -201,7 +202,12 @@ class ReplayDataModule(L.LightningDataModule):
         return math.ceil(steps / self.num_envs) * self.num_envs
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_ReplayStream(self), batch_size=None, num_workers=0, collate_fn=_identity)
+        return stream_loader(self.batches, pin_memory=self.trainer.strategy.root_device.type == "cuda")
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, TensorDictBase):
+            return to_device(batch, device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # -- the stream -----------------------------------------------------------------------------------------
     @property
@@ -352,16 +358,3 @@ class ReplayDataModule(L.LightningDataModule):
             self.collection.close()
             self.collection = None
         self.evaluator.close()
-
-
-def _identity(batch: TensorDictBase) -> TensorDictBase:
-    # The default conversion would turn the TensorDict into a plain dict.
-    return batch
-
-
-class _ReplayStream(IterableDataset):
-    def __init__(self, datamodule: ReplayDataModule) -> None:
-        self.datamodule = datamodule
-
-    def __iter__(self) -> Iterator[TensorDictBase]:
-        return self.datamodule.batches()

@@ -214,7 +214,9 @@ class SequenceReplay:
             for _ in range(lanes)
         ]
         self.archives = [
-            ReplayArchive(buffer, capacity // lanes, index=buffer.sampler, lane=f"/env{i}" if lanes > 1 else "")
+            ReplayArchive(
+                buffer, capacity // lanes, index=buffer.sampler, lane=f"/env{i}" if lanes > 1 else ""
+            )
             for i, buffer in enumerate(self.buffers)
         ]
         self.directory: Path | None = None
