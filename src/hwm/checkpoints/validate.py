@@ -19,6 +19,8 @@ SAFE_KEYS = (
     "data.total_frames",
     "data.eval_every",
     "data.eval_episodes",
+    "data.eval_envs",
+    "data.parallel_envs",
     "data.video_every",
     "data.fast_render",
     "model.log_every",

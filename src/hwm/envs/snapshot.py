@@ -95,6 +95,10 @@ def set_mujoco_state(model: Any, data: Any, state: dict[str, Any]) -> None:
 
     for field, value in state["model"].items():
         getattr(model, field)[...] = value
-    mujoco.mj_setState(model, data, state["integration"], mujoco.mjtState.mjSTATE_INTEGRATION)
-    # Derived quantities (positions of bodies, sensor values) as the stepping left them.
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    mujoco.mj_setState(model, data, state["integration"], spec)
+    # Derived quantities (body positions, sensor values) from the state, as the stepping left them (DMC's
+    # Euler step finishes a step begun by the last one); mj_forward also rewrites part of the state (the
+    # solver's warm start, at 1e-14), so the state is set once more after it.
     mujoco.mj_forward(model, data)
+    mujoco.mj_setState(model, data, state["integration"], spec)
