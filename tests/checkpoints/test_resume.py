@@ -321,3 +321,17 @@ def test_metaworld_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_templ
     a, half, b, _ = straight_and_split(tmp_path, mlflow_db_template, args, 45, 80)
     assert _data_state(half)["in_flight_steps"] == [15]
     assert_same_training(a, b, tmp_path)
+
+
+@pytest.mark.slow
+def test_checkpoint_without_env_states_still_resumes(tmp_path: Path, mlflow_db_template: Path) -> None:
+    """A checkpoint written before env states were saved (tests/fixtures/legacy_run, 400 frames, at an
+    episode boundary) resumes as it used to: the next episode starts from the saved reset randomness."""
+    shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "legacy_run", tmp_path / "old", symlinks=True)
+    assert "carrier" not in _data_state(_load(tmp_path / "old" / "last.ckpt"))
+    args = ["--config", str(TINY_CONFIG), "--ckpt_path", "old/last.ckpt", "--data.total_frames", "480"]
+    fit_and_load(tmp_path, args)
+    final = _data_state(_load(tmp_path / "old" / "last.ckpt"))
+    assert final["counters"]["env_frames"] == 480 and final["counters"]["dropped_steps"] == 0
+    assert "carrier" in final
