@@ -146,14 +146,9 @@ class ReplayDataModule(L.LightningDataModule):
         self._media: list[EvalEpisode] = []
         self.collection: Collection | None = None
         self.replay = SequenceReplay(
-            capacity=capacity,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            cross_episodes=cross_episodes,
-            ongoing=ongoing,
-            ends_priority=ends_priority,
-            lanes=num_envs,
-        )
+            capacity=capacity, batch_size=batch_size, seq_len=seq_len, cross_episodes=cross_episodes,
+            ongoing=ongoing, ends_priority=ends_priority, lanes=num_envs,
+        )  # fmt: skip
         self._agent: PolicySource | None = None
         self._resume_rng: dict[str, Any] | None = None
         # Under DDP each process owns an env, a collector and a replay shard; counters and budgets are global.
@@ -184,15 +179,10 @@ class ReplayDataModule(L.LightningDataModule):
     def attach_policy(self, policy: DreamerPolicy) -> None:
         """Builds the collection around the agent's recurrent policy (its latent rides in the tensordict)."""
         self.collection = Collection(
-            self.env_config,
-            self.env_info,
-            policy,
-            seed=self.seed + 10_007 * self.rank,
-            steps_per_collect=self.steps_per_collect,
+            self.env_config, self.env_info, policy, seed=self.seed + 10_007 * self.rank,
+            steps_per_collect=self.steps_per_collect, num_envs=self.num_envs, parallel=self.parallel_envs,
             prefill_steps=prefill_share(self.prefill_frames, self.action_repeat, self.world_size),
-            num_envs=self.num_envs,
-            parallel=self.parallel_envs,
-        )
+        )  # fmt: skip
 
     @property
     def steps_per_collect(self) -> int:
