@@ -315,7 +315,15 @@ def test_atari_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_template:
 @pytest.mark.slow
 def test_metaworld_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_template: Path) -> None:
     """MuJoCo's state, the goal generator and the task's Python-side episode state checkpointed."""
-    args = ["--config", str(TINY_CONFIG), "--data.suite", "metaworld", "--data.task", "reach", *DETERMINISM_ARGS]
+    args = [
+        "--config",
+        str(TINY_CONFIG),
+        "--data.suite",
+        "metaworld",
+        "--data.task",
+        "reach",
+        *DETERMINISM_ARGS,
+    ]
     args += ["--data.action_repeat", "1", "--data.time_limit", "30", "--data.prefill_frames", "40"]
     args += ["--data.train_ratio", "32", "--data.eval_every", "45"]
     a, half, b, _ = straight_and_split(tmp_path, mlflow_db_template, args, 45, 80)
@@ -324,14 +332,17 @@ def test_metaworld_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_templ
 
 
 @pytest.mark.slow
-def test_checkpoint_without_env_states_still_resumes(tmp_path: Path, mlflow_db_template: Path) -> None:
+def test_checkpoint_without_env_states_still_resumes(
+    tmp_path: Path, mlflow_db_template: Path, run_hwm
+) -> None:
     """A checkpoint written before env states were saved (tests/fixtures/legacy_run, 400 frames, at an
     episode boundary) resumes as it used to: the next episode starts from the saved reset randomness."""
     shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
     shutil.copytree(Path(__file__).parents[1] / "fixtures" / "legacy_run", tmp_path / "old", symlinks=True)
     assert "carrier" not in _data_state(_load(tmp_path / "old" / "last.ckpt"))
-    args = ["--config", str(TINY_CONFIG), "--ckpt_path", "old/last.ckpt", "--data.total_frames", "480"]
-    fit_and_load(tmp_path, args)
+    args = ["fit", "--config", str(TINY_CONFIG), "--ckpt_path", "old/last.ckpt", "--data.total_frames", "480"]
+    proc = run_hwm(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     final = _data_state(_load(tmp_path / "old" / "last.ckpt"))
     assert final["counters"]["env_frames"] == 480 and final["counters"]["dropped_steps"] == 0
     assert "carrier" in final

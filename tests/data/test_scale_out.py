@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,19 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.envs.utils import ExplorationType
 
 from conftest import TINY_CONFIG, fit_and_load
+from hwm.agent import HarmonyDreamAgent
+from hwm.data.datamodule import ReplayDataModule
 from hwm.data.evaluation import Evaluator
 from hwm.envs.common import probe_env
 from hwm.envs.suites import EnvConfig
+from hwm.models.actor_critic import ActorCritic
+from hwm.models.world_model import WorldModel
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "checkpoints"))
 from test_resume import _data_state, _load, _run_dir, assert_same_training, straight_and_split  # noqa: E402
+
+TINY_WM = dict(deter=16, hidden=16, stoch=4, classes=4, cnn_depth=4, mlp_units=32, mlp_layers=1)
+TINY_AC = dict(units=32, layers=1, horizon=3)
 
 
 class FixedPolicy(TensorDictModuleBase):
@@ -57,6 +65,55 @@ def test_evaluation_together_returns_what_one_at_a_time_returns(parallel: bool) 
 NUM_ENVS = ["--data.num_envs", "2", "--data.parallel_envs", "false"]
 
 
+def _stream(tmp_path: Path, name: str, total_frames: int) -> ReplayDataModule:
+    """Two serial cartpole envs (episodes of 20 steps), a tiny untrained policy, one batch per agent step
+    (windows of the episodes in flight too)."""
+    dm = ReplayDataModule(
+        task="cartpole-balance", time_limit=40, action_repeat=2, total_frames=total_frames, prefill_frames=20,
+        batch_size=2, seq_len=4, train_ratio=8.0, capacity=1000, eval_every=0, eval_episodes=0, ongoing=True,
+        num_envs=2,
+        parallel_envs=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    agent = HarmonyDreamAgent(
+        dm.env_info, world_model=partial(WorldModel, **TINY_WM), actor_critic=partial(ActorCritic, **TINY_AC)
+    )
+    dm.attach_policy(agent.policy())
+    dm.use_replay_dir(tmp_path / name)
+    return dm
+
+
+def test_two_envs_stream_counts_every_env_and_continues_exactly(
+    tmp_path: Path, one_torch_thread_seeded
+) -> None:
+    straight = _stream(tmp_path, "straight", 120)
+    expected = list(straight.batches())
+    # 120 frames = 60 agent steps, 30 per env; 10 prefill steps, then one batch per agent step.
+    assert straight.counters["env_frames"] == 120 and straight.counters["agent_steps"] == 60
+    assert len(expected) == 50 and straight.steps_per_collect == 2
+    # Each env's lane: its 30 steps plus the reset observation of each of its 2 episodes.
+    assert [int(b.write_count) for b in straight.replay.buffers] == [32, 32]
+    assert straight.counters["episodes"] == 2  # one finished episode per env
+
+    half = _stream(tmp_path, "split", 60)  # 15 steps per env: mid-episode
+    assert len(list(half.batches())) == 20
+    state = half.state_dict()
+    assert state["in_flight_steps"] == [15, 15]
+    half.teardown("fit")
+    resumed = _stream(tmp_path, "split", 120)
+    resumed.load_state_dict(state)
+    rest = list(resumed.batches())
+    assert len(rest) == 30
+    for a, b in zip(expected[20:], rest, strict=True):
+        assert (a == b).all(), "a batch after the resume differs"
+    for a, b in zip(straight.replay.buffers, resumed.replay.buffers, strict=True):
+        assert int(a.write_count) == int(b.write_count)
+        assert (a.storage.get(torch.arange(32)) == b.storage.get(torch.arange(32))).all()
+    for dm in (straight, resumed):
+        dm.teardown("fit")
+
+
+@pytest.mark.slow
 def test_two_envs_count_frames_and_resume_mid_episode_exactly(
     tmp_path: Path, mlflow_db_template: Path
 ) -> None:
