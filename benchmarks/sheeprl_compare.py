@@ -583,7 +583,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if system == "sheeprl":
                     assert python is not None
-                    row = run_sheeprl(python, args, work, suffix=f"_{args.precision}_{repeat}")
+                    default = (args.num_envs, args.accelerator) == (1, "cpu")
+                    setup = "" if default else f"_{args.accelerator}_envs{args.num_envs}"
+                    row = run_sheeprl(python, args, work, suffix=f"_{args.precision}{setup}_{repeat}")
                 else:
                     row = run_hwm(args, work)
                 runs[system].append({**row, "repeat": repeat, **stamp})
