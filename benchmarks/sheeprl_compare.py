@@ -166,12 +166,16 @@ HWM_PARAMS = textwrap.dedent(
 
 
 def run_logged(
-    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    cmd: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    idle_wait: float = IDLE_WAIT_S,
 ) -> tuple[int, dict[str, Any]]:
     """Runs cmd with its output in log; returns its exit code and what the machine saw of it: wall time,
     peak RSS, CPU seconds (user + system) and the 1-minute load average before and after (other users'
     work on a shared machine shows up there, and as wall time well above CPU time / threads)."""
-    waited = wait_for_idle(IDLE_WAIT_S)
+    waited = wait_for_idle(idle_wait)
     load_before = os.getloadavg()[0]
     busy_before = machine_busy_s()
     start = time.perf_counter()
@@ -397,7 +401,7 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
     )  # fmt: skip
     log = work / "sheeprl.log"
     env = child_env(args.threads, HWM_PROFILE_CALL=str(args.warmup - 1))
-    rc, usage = run_logged([str(python), str(launcher), str(raw), *overrides], log, env, work)
+    rc, usage = run_logged([str(python), str(launcher), str(raw), *overrides], log, env, work, args.idle_wait)
     if rc != 0 or not raw.exists():
         sys.exit(f"sheeprl_compare: error: SheepRL exited with {rc}; see {log}:\n{log.read_text()[-3000:]}")
     rec = json.loads(raw.read_text())
@@ -441,7 +445,7 @@ def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "--profile",
     ]
     log = work / "hwm.log"
-    rc, usage = run_logged(cmd, log, env, ROOT)
+    rc, usage = run_logged(cmd, log, env, ROOT, args.idle_wait)
     lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
     if rc != 0 or not lines:
         sys.exit(
@@ -552,6 +556,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--accelerator", choices=["cpu", "gpu"], default="cpu", help="both systems on the CPU or one GPU"
     )
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=IDLE_WAIT_S,
+        help="at most this many seconds of waiting for a quiet machine before each run",
+    )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--only", choices=["sheeprl", "hwm"], help="run one system (no ratios)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sheeprl")
@@ -563,8 +573,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error("--accelerator gpu: no CUDA device is visible to torch here")
-    if args.prefill_steps < SEQ:
-        parser.error(f"--prefill-steps must be >= the sequence length {SEQ}")
+    if args.prefill_steps < SEQ * args.num_envs:
+        # Both systems replay each env's own stream: every env needs a whole sequence before an update.
+        parser.error(f"--prefill-steps must be >= the sequence length {SEQ} x --num-envs")
     args.out.mkdir(parents=True, exist_ok=True)
     python = ensure_venv(args.venv) if args.only != "hwm" else None
     stamp = {
