@@ -1,14 +1,19 @@
 """Side-by-side speed benchmark: hwm against SheepRL 0.8.4 (DreamerV3-XS, DMC walker-walk from 64x64 pixels).
 
     python benchmarks/sheeprl_compare.py [--updates 20] [--warmup 3] [--prefill-steps 256] [--threads 2]
+                                         [--num-envs 1] [--accelerator cpu|gpu]
                                          [--venv ~/.cache/hwm-bench/sheeprl-venv] [--out benchmarks/results/sheeprl]
 
 Both systems run on this machine in one invocation, one after the other (never concurrently), each in its own
 process with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` and ``torch.set_num_threads`` set to ``--threads``, with
 the same base (DreamerV3), model size (XS: GRU 256, CNN depth 24, MLPs 1 x 256, 32 x 32 latents), batch x
-sequence length (16 x 64), env (DMC walker-walk, 64x64 pixels, action repeat 2, one env), replay/train ratio
-(0.5 updates per agent step: SheepRL ``algo.replay_ratio=0.5`` = hwm ``data.train_ratio=512`` with 16 x 64),
-precision (``--precision``: both ``32-true`` or both ``bf16-mixed``) on CPU, and a short prefill of random actions (``--prefill-steps`` agent steps) before
+sequence length (16 x 64), env (DMC walker-walk, 64x64 pixels, action repeat 2), the number of envs
+(``--num-envs N``: SheepRL ``env.num_envs=N``, hwm ``data.num_envs=N``; with N > 1 both step them in worker
+processes: SheepRL's ``env.sync_env=False`` (gymnasium's AsyncVectorEnv), hwm's TorchRL ParallelEnv), the
+device (``--accelerator``: both on the CPU, or both on the same GPU), replay/train ratio
+(0.5 updates per agent step of any env: SheepRL ``algo.replay_ratio=0.5`` = hwm ``data.train_ratio=512`` with
+16 x 64),
+precision (``--precision``: both ``32-true`` or both ``bf16-mixed``), and a short prefill of random actions (``--prefill-steps`` agent steps) before
 ``--warmup + --updates`` gradient updates. The first ``--warmup`` updates are not measured.
 
 SheepRL is not a project dependency: it lives in its own virtual environment (``--venv``), created on first use
@@ -161,12 +166,16 @@ HWM_PARAMS = textwrap.dedent(
 
 
 def run_logged(
-    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    cmd: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    idle_wait: float = IDLE_WAIT_S,
 ) -> tuple[int, dict[str, Any]]:
     """Runs cmd with its output in log; returns its exit code and what the machine saw of it: wall time,
     peak RSS, CPU seconds (user + system) and the 1-minute load average before and after (other users'
     work on a shared machine shows up there, and as wall time well above CPU time / threads)."""
-    waited = wait_for_idle(IDLE_WAIT_S)
+    waited = wait_for_idle(idle_wait)
     load_before = os.getloadavg()[0]
     busy_before = machine_busy_s()
     start = time.perf_counter()
@@ -252,19 +261,27 @@ def child_env(threads: int, **extra: str) -> dict[str, str]:
 
 
 def sheeprl_overrides(
-    prefill_steps: int, updates: int, warmup: int, threads: int, seed: int, precision: str = "32-true"
+    prefill_steps: int,
+    updates: int,
+    warmup: int,
+    threads: int,
+    seed: int,
+    precision: str = "32-true",
+    num_envs: int = 1,
+    accelerator: str = "cpu",
 ) -> list[str]:
-    total_steps = prefill_steps + int((warmup + updates) / UPDATES_PER_STEP) + 4
+    # Policy steps count every env (SheepRL's and hwm's budgets alike).
+    total_steps = prefill_steps + int((warmup + updates) / UPDATES_PER_STEP) + 4 * num_envs
     return [
         "exp=dreamer_v3_dmc_walker_walk",
         "algo=dreamer_v3_XS",
         f"seed={seed}",
         f"num_threads={threads}",
-        "fabric.accelerator=cpu",
+        f"fabric.accelerator={'cuda' if accelerator == 'gpu' else 'cpu'}",
         "fabric.devices=1",
         f"fabric.precision={precision}",
-        "env.num_envs=1",
-        "env.sync_env=True",
+        f"env.num_envs={num_envs}",
+        f"env.sync_env={num_envs == 1}",
         "env.capture_video=False",
         f"env.action_repeat={ACTION_REPEAT}",
         "env.screen_size=64",
@@ -285,7 +302,13 @@ def sheeprl_overrides(
 
 
 def hwm_overrides(
-    prefill_steps: int, seed: int, render: str = "fast", precision: str = "32-true", compile: bool = False
+    prefill_steps: int,
+    seed: int,
+    render: str = "fast",
+    precision: str = "32-true",
+    compile: bool = False,
+    num_envs: int = 1,
+    accelerator: str = "cpu",
 ) -> list[str]:
     return [
         "--config",
@@ -293,7 +316,11 @@ def hwm_overrides(
         "--seed_everything",
         str(seed),
         "--trainer.accelerator",
-        "cpu",
+        accelerator,
+        "--trainer.devices",
+        "1",
+        "--data.num_envs",
+        str(num_envs),
         "--trainer.precision",
         precision,
         "--model.size",
@@ -321,8 +348,9 @@ def hwm_overrides(
     ]
 
 
-def summarize_sheeprl(rec: dict[str, Any], warmup: int) -> dict[str, Any]:
-    """Turns the launcher's raw records into the reported figures (pure: unit-tested)."""
+def summarize_sheeprl(rec: dict[str, Any], warmup: int, num_envs: int = 1) -> dict[str, Any]:
+    """Turns the launcher's raw records into the reported figures (pure: unit-tested). One env interaction
+    phase steps every env once: ``num_envs`` agent steps."""
     train = rec["train"]
     if warmup < 1 or len(train) < warmup + 2:
         raise ValueError(
@@ -351,8 +379,10 @@ def summarize_sheeprl(rec: dict[str, Any], warmup: int) -> dict[str, Any]:
         "s_per_update": statistics.median(gaps),
         "updates_per_s": len(gaps) / (ends[-1] - measured_from),
         "update_s": statistics.median(durations),
-        "env_frames_per_s": ACTION_REPEAT * len(acting) / sum(acting) if acting else None,
-        "prefill_env_frames_per_s": ACTION_REPEAT * len(prefill) / sum(prefill) if prefill else None,
+        "env_frames_per_s": ACTION_REPEAT * num_envs * len(acting) / sum(acting) if acting else None,
+        "prefill_env_frames_per_s": (
+            ACTION_REPEAT * num_envs * len(prefill) / sum(prefill) if prefill else None
+        ),
         "params": trainable,
         "params_total": trainable + params.get("target_critic", 0),
         "params_by_module": params,
@@ -366,11 +396,12 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
     launcher.write_text(LAUNCHER)
     raw = work / "sheeprl_records.json"
     overrides = sheeprl_overrides(
-        args.prefill_steps, args.updates, args.warmup, args.threads, args.seed, args.precision
-    )
+        args.prefill_steps, args.updates, args.warmup, args.threads, args.seed, args.precision,
+        args.num_envs, args.accelerator,
+    )  # fmt: skip
     log = work / "sheeprl.log"
     env = child_env(args.threads, HWM_PROFILE_CALL=str(args.warmup - 1))
-    rc, usage = run_logged([str(python), str(launcher), str(raw), *overrides], log, env, work)
+    rc, usage = run_logged([str(python), str(launcher), str(raw), *overrides], log, env, work, args.idle_wait)
     if rc != 0 or not raw.exists():
         sys.exit(f"sheeprl_compare: error: SheepRL exited with {rc}; see {log}:\n{log.read_text()[-3000:]}")
     rec = json.loads(raw.read_text())
@@ -378,7 +409,9 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
     return {
         "system": "sheeprl",
         "version": SHEEPRL_VERSION,
-        **summarize_sheeprl(rec, args.warmup),
+        **summarize_sheeprl(rec, args.warmup, args.num_envs),
+        "num_envs": args.num_envs,
+        "accelerator": args.accelerator,
         **usage,
         "command": ["sheeprl", *overrides],
         "rendering": "every physics step (2 per agent step), MuJoCo default offscreen settings",
@@ -387,8 +420,9 @@ def run_sheeprl(python: Path, args: argparse.Namespace, work: Path, suffix: str 
 
 def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     overrides = hwm_overrides(
-        args.prefill_steps, args.seed, args.hwm_render, args.precision, args.hwm_compile
-    )
+        args.prefill_steps, args.seed, args.hwm_render, args.precision, args.hwm_compile,
+        args.num_envs, args.accelerator,
+    )  # fmt: skip
     env = child_env(
         args.threads, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     )
@@ -411,7 +445,7 @@ def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "--profile",
     ]
     log = work / "hwm.log"
-    rc, usage = run_logged(cmd, log, env, ROOT)
+    rc, usage = run_logged(cmd, log, env, ROOT, args.idle_wait)
     lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
     if rc != 0 or not lines:
         sys.exit(
@@ -435,6 +469,9 @@ def run_hwm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "command": ["python", "benchmarks/throughput.py", *cmd[2:]],
         "rendering": f"once per agent step, {args.hwm_render} offscreen settings",
         "compile": args.hwm_compile,
+        "num_envs": args.num_envs,
+        "accelerator": args.accelerator,
+        "device": result.get("device"),
     }
 
 
@@ -513,14 +550,32 @@ def main(argv: list[str] | None = None) -> int:
         default="32-true",
         help="both systems' Lightning precision (SheepRL fabric.precision, hwm trainer.precision)",
     )
+    parser.add_argument(
+        "--num-envs", type=int, default=1, help="envs per system (the same N for both; > 1: worker processes)"
+    )
+    parser.add_argument(
+        "--accelerator", choices=["cpu", "gpu"], default="cpu", help="both systems on the CPU or one GPU"
+    )
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=IDLE_WAIT_S,
+        help="at most this many seconds of waiting for a quiet machine before each run",
+    )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--only", choices=["sheeprl", "hwm"], help="run one system (no ratios)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sheeprl")
     args = parser.parse_args(argv)
-    if args.warmup < 1 or args.updates < 2 or args.repeats < 1:
-        parser.error("--warmup and --repeats must be >= 1 and --updates >= 2")
-    if args.prefill_steps < SEQ:
-        parser.error(f"--prefill-steps must be >= the sequence length {SEQ}")
+    if args.warmup < 1 or args.updates < 2 or args.repeats < 1 or args.num_envs < 1:
+        parser.error("--warmup, --repeats and --num-envs must be >= 1 and --updates >= 2")
+    if args.accelerator == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--accelerator gpu: no CUDA device is visible to torch here")
+    if args.prefill_steps < SEQ * args.num_envs:
+        # Both systems replay each env's own stream: every env needs a whole sequence before an update.
+        parser.error(f"--prefill-steps must be >= the sequence length {SEQ} x --num-envs")
     args.out.mkdir(parents=True, exist_ok=True)
     python = ensure_venv(args.venv) if args.only != "hwm" else None
     stamp = {
@@ -539,7 +594,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if system == "sheeprl":
                     assert python is not None
-                    row = run_sheeprl(python, args, work, suffix=f"_{args.precision}_{repeat}")
+                    default = (args.num_envs, args.accelerator) == (1, "cpu")
+                    setup = "" if default else f"_{args.accelerator}_envs{args.num_envs}"
+                    row = run_sheeprl(python, args, work, suffix=f"_{args.precision}{setup}_{repeat}")
                 else:
                     row = run_hwm(args, work)
                 runs[system].append({**row, "repeat": repeat, **stamp})
@@ -559,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"parameter counts differ: SheepRL {sheeprl['params']:,} vs hwm {hwm['params']:,} (trainable)"
             )
     tag = f"{args.precision}{'_compile' if args.hwm_compile else ''}"
+    if args.num_envs != 1 or args.accelerator != "cpu":
+        tag += f"_{args.accelerator}_envs{args.num_envs}"
     name = (
         f"results_{tag}.jsonl" if args.only is None else f"results_{args.only}_{args.hwm_render}_{tag}.jsonl"
     )

@@ -9,7 +9,7 @@ updates_per_s (measured updates / wall time, collection included), s_per_update 
 wall times), env_frames_per_s (frames collected / time spent collecting, acting policy included),
 split_ms (milliseconds per update in each section: collect, replay, world_model [harmonizer included],
 harmonizer, actor_critic, logging), harmonizer_share (harmonizer / (world_model + actor_critic)), params,
-peak_rss_mb, threads, device. ``--harmonizer-ab R`` also runs R alternating rectified/off pairs and reports
+peak_rss_mb, threads, device, num_envs (env frames count every env). ``--harmonizer-ab R`` also runs R alternating rectified/off pairs and reports
 median s/update per mode and the rectified/off ratio. ``--profile`` runs torch.profiler over the first
 warm-up's last update (reported in ``profile``; not among the measured ones): the share of the update's operator time spent in dense
 kernels (matmuls and convolutions, forward and backward), the floor that any implementation of the same
@@ -158,6 +158,7 @@ def measure(config_args: list[str], updates: int, warmup: int, profile: bool = F
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
         "device": str(next(agent.parameters()).device),
+        "num_envs": dm.num_envs,
         "machine": platform.processor() or platform.machine(),
         **({"profile": meter.profile} if meter.profile is not None else {}),
     }

@@ -121,28 +121,51 @@ def test_sigkill_then_resume_from_last(tmp_path: Path, mlflow_db_template: Path)
 
 # -- determinism: N updates straight == N/2, resume, N/2 --------------------------------------------------
 # tiny: 20 agent steps per episode, 40 prefill steps, one update per agent step after the prefill. The split
-# at 60 steps (240 frames) is an episode boundary, where a resume continues exactly (mid-episode, the
-# episode in flight is restarted instead, and the data differs).
-SPLIT, FULL = 240, 320
+# at 50 steps (200 frames) is mid-episode (step 10 of the third): every env's simulator state and the
+# policy's latent are in the checkpoint, so the resumed run continues the episode where it stood.
+SPLIT, FULL = 200, 320
 DETERMINISM_ARGS = ["--data.eval_every", str(SPLIT), "--checkpoint.every_updates", "0"]
 
 
-def test_resume_is_bitwise_deterministic(tmp_path: Path, mlflow_db_template: Path) -> None:
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    for workdir in (straight, split):
+def straight_and_split(
+    tmp_path: Path, template: Path, args: list[str], split: int, full: int
+) -> tuple[dict, dict, dict, LoggedRun]:
+    """Fits ``full`` frames straight and ``split`` + resume to ``full``: (straight, half, resumed) last
+    checkpoints and the resumed run."""
+    straight, split_dir = tmp_path / "straight", tmp_path / "split"
+    for workdir in (straight, split_dir):
         workdir.mkdir()
-        shutil.copyfile(mlflow_db_template, workdir / "mlflow.db")
-    base = ["--config", str(TINY_CONFIG), *DETERMINISM_ARGS]
-    fit_and_load(straight, [*base, "--data.total_frames", str(FULL)])
-    fit_and_load(split, [*base, "--data.total_frames", str(SPLIT)])
-    half = _load(_run_dir(split) / "last.ckpt")
-    resumed = fit_and_load(split, [*base, "--data.total_frames", str(FULL), "--ckpt_path", "last"])
+        shutil.copyfile(template, workdir / "mlflow.db")
+    fit_and_load(straight, [*args, "--data.total_frames", str(full)])
+    fit_and_load(split_dir, [*args, "--data.total_frames", str(split)])
+    half = _load(_run_dir(split_dir) / "last.ckpt")
+    resumed = fit_and_load(split_dir, [*args, "--data.total_frames", str(full), "--ckpt_path", "last"])
+    return _load(_run_dir(straight) / "last.ckpt"), half, _load(_run_dir(split_dir) / "last.ckpt"), resumed
 
-    a, b = _load(_run_dir(straight) / "last.ckpt"), _load(_run_dir(split) / "last.ckpt")
-    assert a["hwm"]["updates"] == b["hwm"]["updates"] == 2 * half["hwm"]["updates"] == 40
+
+def assert_same_training(a: dict, b: dict, tmp_path: Path) -> None:
+    """Same parameters bitwise, same counters, and the same replay (every stored row)."""
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), f"{key} differs after resume"
+    da, db = _data_state(a), _data_state(b)
+    assert da["counters"] == {**db["counters"], "resumes": da["counters"]["resumes"]}
+    assert db["counters"]["dropped_steps"] == 0
+    if "lanes" not in da["replay"]:
+        n = da["replay"]["write_count"]
+        assert n == db["replay"]["write_count"]
+        ra = _replay_items(_run_dir(tmp_path / "straight"), a, n)
+        rb = _replay_items(_run_dir(tmp_path / "split"), b, n)
+        for key in ra:
+            assert torch.equal(ra[key], rb[key]), key
+
+
+def test_resume_is_bitwise_deterministic(tmp_path: Path, mlflow_db_template: Path) -> None:
+    base = ["--config", str(TINY_CONFIG), *DETERMINISM_ARGS]
+    a, half, b, resumed = straight_and_split(tmp_path, mlflow_db_template, base, SPLIT, FULL)
+    assert _data_state(half)["in_flight_steps"] == [10]  # checkpointed mid-episode
+    assert a["hwm"]["updates"] == b["hwm"]["updates"] == 40 and half["hwm"]["updates"] == 10
+    assert_same_training(a, b, tmp_path)
     assert _data_state(a)["counters"]["env_frames"] == _data_state(b)["counters"]["env_frames"] == FULL
     assert resumed.run.data.tags["resume1.overrides"] == f"data.total_frames: {SPLIT} -> {FULL}"
     _assert_steps_strictly_increase(resumed)
@@ -277,16 +300,49 @@ def test_safe_override_is_applied(workdir: Path) -> None:
     _assert_steps_strictly_increase(run)
 
 
-def test_atari_run_resumes(tmp_path: Path, mlflow_db_template: Path) -> None:
-    """The discrete path and a gymnasium env whose episode start (ALE state + no-op RNG) is checkpointed."""
-    shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
-    args = ["--config", str(TINY_CONFIG), "--data.suite", "atari", "--data.task", "pong"]
-    args += ["--data.from_pixels", "true", "--data.time_limit", "200", "--data.total_frames", "240"]
-    fit_and_load(tmp_path, args)
-    half = _load(_run_dir(tmp_path) / "last.ckpt")
-    assert _data_state(half)["episode_rng"]["ale"] is not None
-    run = fit_and_load(tmp_path, [*args, "--data.total_frames", "320", "--ckpt_path", "last"])
-    final = _load(_run_dir(tmp_path) / "last.ckpt")
-    assert _data_state(final)["counters"]["env_frames"] == 320
-    assert final["hwm"]["updates"] == half["hwm"]["updates"] + 20
+def test_atari_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_template: Path) -> None:
+    """The discrete path, and ALE's state (RNG included) and the no-op generator checkpointed mid-episode."""
+    args = ["--config", str(TINY_CONFIG), "--data.suite", "atari", "--data.task", "pong", *DETERMINISM_ARGS]
+    args += ["--data.from_pixels", "true", "--data.time_limit", "200", "--data.eval_every", "240"]
+    a, half, b, run = straight_and_split(tmp_path, mlflow_db_template, args, 240, 320)
+    assert _data_state(half)["in_flight_steps"] == [10]  # 60 steps, episodes of 50
+    assert _data_state(b)["counters"]["env_frames"] == 320
+    assert b["hwm"]["updates"] == half["hwm"]["updates"] + 20
+    assert_same_training(a, b, tmp_path)
     _assert_steps_strictly_increase(run)
+
+
+@pytest.mark.slow
+def test_metaworld_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_template: Path) -> None:
+    """MuJoCo's state, the goal generator and the task's Python-side episode state checkpointed."""
+    args = [
+        "--config",
+        str(TINY_CONFIG),
+        "--data.suite",
+        "metaworld",
+        "--data.task",
+        "reach",
+        *DETERMINISM_ARGS,
+    ]
+    args += ["--data.action_repeat", "1", "--data.time_limit", "30", "--data.prefill_frames", "40"]
+    args += ["--data.train_ratio", "32", "--data.eval_every", "45"]
+    a, half, b, _ = straight_and_split(tmp_path, mlflow_db_template, args, 45, 80)
+    assert _data_state(half)["in_flight_steps"] == [15]
+    assert_same_training(a, b, tmp_path)
+
+
+@pytest.mark.slow
+def test_checkpoint_without_env_states_still_resumes(
+    tmp_path: Path, mlflow_db_template: Path, run_hwm
+) -> None:
+    """A checkpoint written before env states were saved (tests/fixtures/legacy_run, 400 frames, at an
+    episode boundary) resumes as it used to: the next episode starts from the saved reset randomness."""
+    shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "legacy_run", tmp_path / "old", symlinks=True)
+    assert "carrier" not in _data_state(_load(tmp_path / "old" / "last.ckpt"))
+    args = ["fit", "--config", str(TINY_CONFIG), "--ckpt_path", "old/last.ckpt", "--data.total_frames", "480"]
+    proc = run_hwm(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = _data_state(_load(tmp_path / "old" / "last.ckpt"))
+    assert final["counters"]["env_frames"] == 480 and final["counters"]["dropped_steps"] == 0
+    assert "carrier" in final

@@ -96,3 +96,19 @@ def test_median_row_folds_repeats() -> None:
     assert (row["s_per_update"], row["env_frames_per_s"], row["repeats"]) == (4.0, 80.0, 3)
     assert row["prefill_env_frames_per_s"] is None
     assert row["per_repeat"]["s_per_update"] == [3.0, 9.0, 4.0]
+
+
+def test_env_frames_count_every_env() -> None:
+    one, four = (compare.summarize_sheeprl(_records(), warmup=1, num_envs=n) for n in (1, 4))
+    # One env-interaction phase steps every env once.
+    assert four["env_frames_per_s"] == pytest.approx(4 * one["env_frames_per_s"])
+    assert four["prefill_env_frames_per_s"] == pytest.approx(4 * one["prefill_env_frames_per_s"])
+
+
+def test_both_systems_get_the_same_envs_and_device() -> None:
+    sheeprl = compare.sheeprl_overrides(256, 20, 3, 2, 5, num_envs=4, accelerator="gpu")
+    assert {"env.num_envs=4", "env.sync_env=False", "fabric.accelerator=cuda"} <= set(sheeprl)
+    hwm = compare.hwm_overrides(256, 5, num_envs=4, accelerator="gpu")
+    assert hwm[hwm.index("--data.num_envs") + 1] == "4"
+    assert hwm[hwm.index("--trainer.accelerator") + 1] == "gpu"
+    assert "env.sync_env=True" in compare.sheeprl_overrides(256, 20, 3, 2, 5)  # one env: in-process

@@ -47,18 +47,20 @@ class ReplayArchive:
     """Saves and restores one replay buffer as chunk files under ``<checkpoint dir>/replay/``; ``index`` (the
     buffer's sampler) is rebuilt from the rows a restore puts back."""
 
-    def __init__(self, buffer: TensorDictReplayBuffer, capacity: int, index: RowIndex) -> None:
+    def __init__(self, buffer: TensorDictReplayBuffer, capacity: int, index: RowIndex, lane: str = "") -> None:
         self.buffer = buffer
         self.capacity = capacity
         self.index = index
         # {"file": relative path, "start": first global index, "end": one past the last, "bytes", "sha256"}
         self.chunks: list[dict[str, Any]] = []
         # Folder of the chunk files, relative to the checkpoint's (DDP: one per process).
-        self.prefix = REPLAY_DIR
+        # ``lane``: a sub-folder per env when a process collects from several (``/env0``, ``/env1``...).
+        self.lane = lane
+        self.prefix = REPLAY_DIR + lane
 
     def shard(self, rank: int) -> None:
         """Writes this process's chunks to a folder of its own (DDP: one replay shard per process)."""
-        self.prefix = f"{REPLAY_DIR}/rank{rank}"
+        self.prefix = f"{REPLAY_DIR}/rank{rank}{self.lane}"
 
     @property
     def archived(self) -> int:

@@ -19,6 +19,8 @@ SAFE_KEYS = (
     "data.total_frames",
     "data.eval_every",
     "data.eval_episodes",
+    "data.eval_envs",
+    "data.parallel_envs",
     "data.video_every",
     "data.fast_render",
     "model.log_every",
@@ -37,6 +39,8 @@ UNSAFE_KEYS = (
 )
 # Present in a parsed config but not part of the run's definition.
 IGNORED_KEYS = ("config", "ckpt_path", "print_config")
+# Keys added after checkpoints were already being written: a checkpoint without one ran with this value.
+ADDED_KEYS: dict[str, Any] = {"data.num_envs": 1, "data.parallel_envs": True, "data.eval_envs": 1}
 
 
 def resolve_ckpt_path(value: str, root: str | os.PathLike = "checkpoints") -> Path:
@@ -70,7 +74,8 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple
     for key in sorted(set(flat_old) | set(flat_new)):
         if key.split(".")[0] in IGNORED_KEYS:
             continue
-        before, after = flat_old.get(key, "<unset>"), flat_new.get(key, "<unset>")
+        before = flat_old.get(key, ADDED_KEYS.get(key, "<unset>"))
+        after = flat_new.get(key, "<unset>")
         if before != after:
             changes.append((key, before, after))
     return changes

@@ -75,8 +75,8 @@ def load_for_resume(path: Path) -> dict[str, Any]:
     if not isinstance(state, Mapping) or state.get("replay") is None:
         raise CheckpointError(f"checkpoint {str(path)!r} holds no replay buffer state")
     for rank_state in state.get("ranks", [state]):  # DDP: one replay shard per process
-        replay = rank_state["replay"]
-        ReplayArchive.verify(path.parent, replay["chunks"], replay["write_count"], replay["capacity"])
+        for replay in rank_state["replay"].get("lanes", [rank_state["replay"]]):
+            ReplayArchive.verify(path.parent, replay["chunks"], replay["write_count"], replay["capacity"])
     for key in ("config", "run_id"):
         if key not in checkpoint[HWM_KEY]:
             raise CheckpointError(f"checkpoint {str(path)!r} lacks its run's {key}")

@@ -3,18 +3,19 @@ batch says about the episodes (returns, success), with the state that a resume n
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.collectors import Collector
-from torchrl.envs import EnvBase, RewardSum
-from torchrl.envs.utils import ExplorationType
+from torchrl.envs import EnvBase, ParallelEnv, RewardSum, SerialEnv, Transform
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from hwm.checkpoints.io import CheckpointError
 from hwm.envs.common import SUCCESS_KEY, EnvInfo, EpisodeRng
 from hwm.envs.suites import EnvConfig
 from hwm.models.policy import DreamerPolicy
@@ -32,8 +33,18 @@ class Collected:
 
 
 class Collection:
-    """Collects ``steps_per_collect`` agent steps at a time with the agent's policy (random actions for the
-    first ``prefill_steps``), on an env built from ``env_config`` with the policy's latent primed."""
+    """Collects ``steps_per_collect`` agent steps at a time (spread over the envs) with the agent's policy,
+    random actions for the first ``prefill_steps``, from ``num_envs`` envs acting as one batch.
+
+    One env is used as it is; several run in TorchRL's ``ParallelEnv`` (a worker process each) or, with
+    ``parallel=False``, a ``SerialEnv`` in this process; env ``i`` is seeded ``seed + i``. The policy acts
+    for all of them with one batched call; each env's episode boundaries, ``is_init`` and latent state ride
+    in its own row of the carrier (the tensordict handed from one step to the next), so nothing is shared.
+
+    The loop is TorchRL's collector loop (random actions or the policy, ``step_and_maybe_reset``) written
+    out so that its carrier -- the observation in hand, the policy's latent, the episode's return -- is
+    checkpointed with every env's simulator state: a resume continues every episode where it stood.
+    """
 
     def __init__(
         self,
@@ -44,80 +55,149 @@ class Collection:
         seed: int,
         steps_per_collect: int,
         prefill_steps: int,
+        num_envs: int = 1,
+        parallel: bool = True,
     ) -> None:
         self.env_config, self.info, self.policy = env_config, info, policy
-        self.collector = Collector(
-            self.make_env(seed),
-            policy,
-            frames_per_batch=steps_per_collect,
-            total_frames=-1,
-            init_random_frames=prefill_steps,
-            exploration_type=ExplorationType.RANDOM,
-        )
-        self._episode_steps = 0  # agent steps of the episode in flight
+        self.num_envs = num_envs
+        self.env = self._make_envs(seed, num_envs, parallel)
+        # Agent steps per env per collect; a collect yields ``num_envs`` times as many.
+        self.steps_per_env = max(1, math.ceil(steps_per_collect / num_envs))
+        self.prefill_steps = prefill_steps
+        self._action_dtype = self.env.action_spec.dtype
+        self.collected = 0  # agent steps collected by this process, all its envs together
+        self._carrier = self.env.reset()
+        # TorchRL's collector, which collected before this loop, ran the policy once on the first
+        # observation to learn its outputs; that call draws random numbers (the sampled latent), so it is
+        # kept: runs reproduce, bit for bit, those made before.
+        with torch.no_grad():
+            policy(self._carrier.copy())
+        self._episode_steps = [0] * num_envs  # agent steps of each env's episode in flight
         self._successes: deque[float] = deque(maxlen=10)
+
+    def _make_envs(self, seed: int, num_envs: int, parallel: bool) -> EnvBase:
+        if num_envs == 1:
+            return self.make_env(seed)
+        factories = [functools.partial(self.env_factory, seed + i) for i in range(num_envs)]
+        if parallel:
+            return ParallelEnv(num_envs, factories, mp_start_method="spawn")
+        return SerialEnv(num_envs, factories)
 
     def make_env(self, seed: int) -> EnvBase:
         """An env of the run with the policy's latent primed and the episode's return summed."""
-        env = self.env_config.make(seed)
-        env.append_transform(self.policy.make_primer())
-        env.append_transform(RewardSum())
-        return env
+        return self.env_factory(seed)
+
+    @property
+    def env_factory(self) -> Callable[[int], EnvBase]:
+        """``make_env`` as a picklable function of the seed (what worker processes build their env with)."""
+        return functools.partial(_training_env, self.env_config, self.policy.make_primer())
+
+    @torch.no_grad()
+    def collect(self) -> TensorDictBase:
+        """The next ``steps_per_env`` transitions of every env: ``[steps]`` for one env, else ``[envs,
+        steps]``."""
+        random = self.collected < self.prefill_steps
+        steps = []
+        with set_exploration_type(ExplorationType.RANDOM):
+            for _ in range(self.steps_per_env):
+                if random:
+                    self.env.rand_action(self._carrier)
+                else:
+                    self._carrier = self.policy(self._carrier)
+                    # Stored as the env's action spec says (one-hot actions as integers), as random ones are.
+                    self._carrier.set("action", self._carrier.get("action").to(self._action_dtype))
+                transition, self._carrier = self.env.step_and_maybe_reset(self._carrier)
+                steps.append(transition)
+        self.collected += self.steps_per_env * self.num_envs
+        return torch.stack(steps, dim=-1)
 
     def __iter__(self) -> Iterator[TensorDictBase]:
-        return iter(self.collector)
+        while True:
+            yield self.collect()
 
     def ingest(self, data: TensorDictBase) -> Collected:
-        """Takes note of a collected batch (flat transitions)."""
-        steps = data.numel()
-        done = data.get(("next", "done")).reshape(-1)
-        ends = done.nonzero()
-        self._episode_steps = steps - 1 - int(ends[-1]) if len(ends) else self._episode_steps + steps
+        """Takes note of a collected batch (``collect``'s output)."""
+        per_env = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.unsqueeze(0)
+        done = per_env.get(("next", "done")).reshape(per_env.shape)
+        length = per_env.shape[1]
+        for i in range(per_env.shape[0]):
+            ends = done[i].nonzero()
+            self._episode_steps[i] = (
+                length - 1 - int(ends[-1]) if len(ends) else self._episode_steps[i] + length
+            )
         if not done.any():
-            return Collected(steps, 0, {})
-        last = float(data.get(("next", "episode_reward")).reshape(-1)[done][-1])
+            return Collected(data.numel(), 0, {})
+        # In time order (step-major), so that "the last episode that ended" is the latest one.
+        done_t = done.T.reshape(-1)
+        returns = per_env.get(("next", "episode_reward")).transpose(0, 1).reshape(-1)[done_t]
+        last = float(returns[-1])
         metrics = {"train/episode_return": last}
         if self.info.score_range is not None:
             metrics["train/human_normalized_score"] = self.info.normalized(last)
         if self.info.has_success:
-            self._successes.extend(data.get(("next", SUCCESS_KEY)).reshape(-1)[done].tolist())
+            success = per_env.get(("next", SUCCESS_KEY)).transpose(0, 1).reshape(-1)[done_t]
+            self._successes.extend(success.tolist())
             # Over the last (up to) 10 training episodes: one episode alone only says 0 or 1.
             metrics["train/success_rate"] = sum(self._successes) / len(self._successes)
-        return Collected(steps, int(done.sum()), metrics)
-
-    def _episode_rng(self) -> EpisodeRng | None:
-        # The suites' wrappers forward attribute lookups to the env inside, where the hooks live.
-        base = self.collector.env.base_env
-        return base if isinstance(base, EpisodeRng) else None
+        return Collected(data.numel(), int(done.sum()), metrics)
 
     def state_dict(self) -> dict[str, Any]:
-        collector = self.collector.state_dict()
-        rng_owner = self._episode_rng()
+        """Every env's simulator state and the carrier: where each episode stands, and the policy's latent."""
         return {
-            "in_flight_steps": self._episode_steps,
-            "collector": {k: collector[k] for k in ("frames", "iter", "traj_pool")},
-            "episode_rng": None if rng_owner is None else rng_owner.episode_rng_state(),
+            "collected": self.collected,
+            "in_flight_steps": list(self._episode_steps),
+            "carrier": self._carrier.clone().to_dict(),
+            "carrier_shape": list(self._carrier.batch_size),
+            "envs": self.env.state_dict(),
             "train_successes": list(self._successes),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        """Restores the collector; the episode in flight restarts from its own start state. Returns the
-        number of its steps dropped (they stay in the replay)."""
-        # The env's physics can't be restored in general; replaying the episode's reset (same RNG state)
-        # makes a checkpoint taken at an episode boundary continue exactly as the run would have (DMC,
-        # Atari and Meta-world; the distractor videos start a new episode with their own RNG).
-        self.collector.load_state_dict(state["collector"], strict=False)
-        rng_owner = self._episode_rng()
-        if rng_owner is not None and state["episode_rng"] is not None:
-            rng_owner.set_episode_rng_state(state["episode_rng"])
-        self.collector.reset()
+        """Restores every env and the carrier, so each episode continues exactly. A checkpoint written
+        before simulator states were saved restarts the episode in flight from its own start state instead;
+        returns the number of its steps dropped that way (they stay in the replay)."""
         self._successes.clear()
         self._successes.extend(state.get("train_successes", []))
-        self._episode_steps = 0
+        if "carrier" not in state:
+            return self._restart_episode(state)
+        in_flight = state["in_flight_steps"]
+        if len(in_flight) != self.num_envs:
+            raise CheckpointError(
+                f"the checkpoint collected from {len(in_flight)} envs per process; this run has "
+                f"{self.num_envs} (data.num_envs)"
+            )
+        self.env.load_state_dict(state["envs"])
+        carrier = TensorDict(state["carrier"], batch_size=state["carrier_shape"])
+        self._carrier = carrier.to(self._carrier.device) if self._carrier.device is not None else carrier
+        self.collected = state["collected"]
+        self._episode_steps = list(in_flight)
+        return 0
+
+    def _restart_episode(self, state: dict[str, Any]) -> int:
+        # Older checkpoints hold the collector's frame count and the randomness the episode started from:
+        # replaying the reset makes a checkpoint taken at an episode boundary continue exactly.
+        if self.num_envs != 1:
+            raise CheckpointError("the checkpoint was written with one env per process (data.num_envs: 1)")
+        self.collected = int(state["collector"]["frames"])
+        episode_rng = state.get("episode_rng")
+        if episode_rng is not None and isinstance(self.env.base_env, EpisodeRng):
+            self.env.base_env.set_episode_rng_state(episode_rng)
+        self._carrier = self.env.reset()
+        self._episode_steps = [0]
         return int(state["in_flight_steps"])
 
     def close(self) -> None:
-        self.collector.shutdown()
+        if not self.env.is_closed:
+            self.env.close()
+
+
+def _training_env(env_config: EnvConfig, primer: Transform, seed: int) -> EnvBase:
+    """``env_config``'s env seeded ``seed``, with the policy's latent primed and the episode return summed
+    (module level: ParallelEnv pickles it into its workers)."""
+    env = env_config.make(seed)
+    env.append_transform(primer.clone())  # a fresh one per env: a transform belongs to one env
+    env.append_transform(RewardSum())
+    return env
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDictBase
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from hwm.checkpoints.io import CheckpointError
 from hwm.data.collection import Collection, TrainRatio, prefill_share, transitions_to_rows
 from hwm.data.evaluation import Evaluator
+from hwm.data.loader import stream_loader, to_device
 from hwm.data.replay import SequenceReplay
 from hwm.envs.common import EnvInfo
 from hwm.envs.suites import EnvConfig
@@ -59,7 +61,13 @@ class ReplayDataModule(L.LightningDataModule):
         fast_render: MuJoCo offscreen quality knobs that keep the picture but render 3-4x faster.
         video_every: env frames between evaluations whose first episode is recorded (pixels only; the
             agent logs it and an open-loop imagination video as GIF artifacts); 0: no videos.
-        seed: seeds the training env; each evaluation env uses ``seed + 1000 + episodes so far``.
+        seed: seeds the training envs (env ``i`` of process ``r``: ``seed + 10007 r + i``); evaluation
+            episode ``j`` uses ``seed + 1000 + training episodes so far + j``.
+        num_envs: training envs per process, stepped together and acted for with one batched policy call;
+            every env's frames count towards ``total_frames`` and the train ratio (docs/scale.md).
+        parallel_envs: several envs run in worker processes (TorchRL ``ParallelEnv``); False steps them
+            one after another in this process (``SerialEnv``).
+        eval_envs: evaluation episodes run this many at a time, in worker processes when above 1.
         env_options: the suite's own options, e.g. ``{sticky: 0.0, noops: 30}`` (Atari), ``{distractor:
             shapes, strength: 1.0}`` (distracted DMC), ``{shadows: false}`` (MuJoCo suites).
     """
@@ -88,10 +96,15 @@ class ReplayDataModule(L.LightningDataModule):
         fast_render: bool = True,
         video_every: int = 0,
         seed: int = 0,
+        num_envs: int = 1,
+        parallel_envs: bool = True,
+        eval_envs: int = 1,
         env_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("total_frames", total_frames), ("batch_size", batch_size), ("seq_len", seq_len)):
+        positive = {"total_frames": total_frames, "batch_size": batch_size, "seq_len": seq_len,
+                    "num_envs": num_envs, "eval_envs": eval_envs}  # fmt: skip
+        for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1; got {value}")
         if train_ratio <= 0:
@@ -116,15 +129,16 @@ class ReplayDataModule(L.LightningDataModule):
         self.action_repeat = action_repeat
         self.total_frames, self.prefill_frames, self.pretrain = total_frames, prefill_frames, pretrain
         self.train_ratio, self.batch_size, self.seq_len = train_ratio, batch_size, seq_len
-        self.seed = seed
+        self.seed, self.num_envs, self.parallel_envs = seed, num_envs, parallel_envs
         # Probing the env here (not in setup) validates the task early and lets the CLI hand its facts to
         # the agent's constructor.
         self.env_info: EnvInfo = self.env_config.probe(seed)
         self.evaluator = Evaluator(
             self.env_config, self.env_info, episodes=eval_episodes, every=eval_every,
-            video_every=video_every, seed=seed,
+            video_every=video_every, seed=seed, envs=eval_envs, parallel=parallel_envs,
         )  # fmt: skip
-        # dropped_steps: agent steps of episodes cut short by a resume (their steps stay in the replay).
+        # dropped_steps: agent steps of episodes cut short by resuming a checkpoint written before env states
+        # were saved (their steps stay in the replay); a resume now continues every episode.
         self.counters: dict[str, float] = dict.fromkeys(
             ("env_frames", "agent_steps", "episodes", "credit", "evaluations", "resumes", "dropped_steps"), 0
         )
@@ -132,13 +146,9 @@ class ReplayDataModule(L.LightningDataModule):
         self._media: list[EvalEpisode] = []
         self.collection: Collection | None = None
         self.replay = SequenceReplay(
-            capacity=capacity,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            cross_episodes=cross_episodes,
-            ongoing=ongoing,
-            ends_priority=ends_priority,
-        )
+            capacity=capacity, batch_size=batch_size, seq_len=seq_len, cross_episodes=cross_episodes,
+            ongoing=ongoing, ends_priority=ends_priority, lanes=num_envs,
+        )  # fmt: skip
         self._agent: PolicySource | None = None
         self._resume_rng: dict[str, Any] | None = None
         # Under DDP each process owns an env, a collector and a replay shard; counters and budgets are global.
@@ -163,27 +173,31 @@ class ReplayDataModule(L.LightningDataModule):
         if self.world_size > 1:
             # Identical weights come from DDP's broadcast; exploration and replay sampling must differ.
             L.seed_everything(self.seed + self.rank, verbose=False)
-            self.replay.archive.shard(self.rank)
+            self.replay.shard(self.rank)
         self.attach_policy(self._agent.policy())
 
     def attach_policy(self, policy: DreamerPolicy) -> None:
         """Builds the collection around the agent's recurrent policy (its latent rides in the tensordict)."""
         self.collection = Collection(
-            self.env_config,
-            self.env_info,
-            policy,
-            seed=self.seed + 10_007 * self.rank,
-            steps_per_collect=self.steps_per_collect,
+            self.env_config, self.env_info, policy, seed=self.seed + 10_007 * self.rank,
+            steps_per_collect=self.steps_per_collect, num_envs=self.num_envs, parallel=self.parallel_envs,
             prefill_steps=prefill_share(self.prefill_frames, self.action_repeat, self.world_size),
-        )
+        )  # fmt: skip
 
     @property
     def steps_per_collect(self) -> int:
-        """Agent steps per collector batch: one update's worth when updates are rarer than steps."""
-        return max(1, round(self.batch_size * self.seq_len / self.train_ratio))
+        """Agent steps per collect (all envs of a process): one update's worth when updates are rarer than
+        steps, rounded up to a step of every env."""
+        steps = max(1, round(self.batch_size * self.seq_len / self.train_ratio))
+        return math.ceil(steps / self.num_envs) * self.num_envs
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_ReplayStream(self), batch_size=None, num_workers=0, collate_fn=_identity)
+        return stream_loader(self.batches, pin_memory=self.trainer.strategy.root_device.type == "cuda")
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, TensorDictBase):
+            return to_device(batch, device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # -- the stream -----------------------------------------------------------------------------------------
     @property
@@ -242,10 +256,11 @@ class ReplayDataModule(L.LightningDataModule):
 
     def _ingest(self, data: TensorDictBase) -> None:
         assert self.collection is not None
-        data = data.reshape(-1)
-        self.replay.add(transitions_to_rows(data, self.env_config.obs_key))
+        # One env gives [steps], several [envs, steps]: each env's transitions go to its own replay lane.
+        for lane, transitions in enumerate(data.reshape(-1, data.shape[-1]) if data.ndim > 1 else [data]):
+            self.replay.add(transitions_to_rows(transitions, self.env_config.obs_key), lane)
         collected = self.collection.ingest(data)
-        # Global counts: every process collects the same number of steps per collect.
+        # Global counts: every process collects the same number of steps per collect (from all its envs).
         self.counters["agent_steps"] += collected.steps * self.world_size
         self.counters["env_frames"] += collected.steps * self.action_repeat * self.world_size
         if collected.episodes:
@@ -266,7 +281,7 @@ class ReplayDataModule(L.LightningDataModule):
         collection = self.collection
         with self.timer("evaluate"):
             metrics, recorded = self.evaluator.run(
-                collection.policy, collection.make_env, frames, self.counters["episodes"]
+                collection.policy, collection.env_factory, frames, self.counters["episodes"]
             )
         self._pending.update(metrics)
         if recorded is not None:
@@ -309,7 +324,7 @@ class ReplayDataModule(L.LightningDataModule):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores a checkpoint's stream; the episode in flight then restarts from its own start state."""
+        """Restores a checkpoint's stream; every env continues its episode where the checkpoint left it."""
         assert self.collection is not None, "setup() builds the collection before a checkpoint is loaded"
         ranks = len(state.get("ranks", [state]))
         if ranks != self.world_size:
@@ -333,16 +348,3 @@ class ReplayDataModule(L.LightningDataModule):
             self.collection.close()
             self.collection = None
         self.evaluator.close()
-
-
-def _identity(batch: TensorDictBase) -> TensorDictBase:
-    # The default conversion would turn the TensorDict into a plain dict.
-    return batch
-
-
-class _ReplayStream(IterableDataset):
-    def __init__(self, datamodule: ReplayDataModule) -> None:
-        self.datamodule = datamodule
-
-    def __iter__(self) -> Iterator[TensorDictBase]:
-        return self.datamodule.batches()

@@ -3,6 +3,7 @@ and now and then a recorded episode for the media the agent logs."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.envs import EnvBase
+from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 from torchrl.envs.utils import set_exploration_type
 
 from hwm.envs.common import SUCCESS_KEY, EnvInfo
@@ -22,9 +23,12 @@ from hwm.training.media import EvalEpisode
 class Evaluator:
     """Runs ``episodes`` evaluation episodes every ``every`` env frames (0: only at the end).
 
-    Each evaluation re-seeds one env kept for the run (a pixel env owns a GL context) with ``seed + 1000 +
-    the training episodes so far``; with ``video_every`` (pixels only) the first episode of an evaluation
-    at least that many frames after the last recorded one is kept as an :class:`EvalEpisode`.
+    Episode ``j`` of an evaluation runs on an env re-seeded with ``seed + 1000 + the training episodes so
+    far + j``, so its start does not depend on how many run at once: ``envs`` episodes run together (in
+    worker processes with ``parallel``, else one after another in this process), acted for with one
+    batched policy call; the envs are kept for the run (a pixel env owns a GL context). With
+    ``video_every`` (pixels only) the first episode of an evaluation at least that many frames after the
+    last recorded one is kept as an :class:`EvalEpisode`.
     """
 
     def __init__(
@@ -36,8 +40,11 @@ class Evaluator:
         every: int,
         video_every: int,
         seed: int,
+        envs: int = 1,
+        parallel: bool = True,
     ) -> None:
         self.env_config, self.info = env_config, info
+        self.envs, self.parallel = envs, parallel
         self.episodes, self.every, self.seed = episodes, every, seed
         # Videos are of pixels; state-vector runs record none.
         self.video_every = video_every if env_config.from_pixels else 0
@@ -71,20 +78,17 @@ class Evaluator:
         """Runs the episodes; returns the ``eval/*`` metrics and the recorded episode, if any."""
         start = time.perf_counter()
         seed = self.seed + 1000 + int(episodes_so_far)
-        if self._env is None:
-            self._env = env_factory(seed)
-        else:
-            self._env.set_seed(seed)
         record = frames >= self.next_video
         returns, successes, recorded = [], [], None
         with set_exploration_type(policy.eval_exploration):
-            for i in range(self.episodes):
-                rollout = self._env.rollout(self.env_config.max_steps, policy, break_when_any_done=True)
-                returns.append(float(rollout.get(("next", "reward")).sum()))
-                if self.info.has_success:
-                    successes.append(float(rollout.get(("next", SUCCESS_KEY))[-1].max()))
-                if record and i == 0:
-                    recorded = self._record(rollout, frames)
+            for first in range(0, self.episodes, self.envs):
+                seeds = [seed + j for j in range(first, min(first + self.envs, self.episodes))]
+                for i, rollout in enumerate(self._episodes(policy, env_factory, seeds)):
+                    returns.append(float(rollout.get(("next", "reward")).sum()))
+                    if self.info.has_success:
+                        successes.append(float(rollout.get(("next", SUCCESS_KEY))[-1].max()))
+                    if record and first + i == 0:
+                        recorded = self._record(rollout, frames)
         self.last_frames = frames
         mean = sum(returns) / len(returns)
         metrics = {
@@ -97,6 +101,39 @@ class Evaluator:
         if self.info.score_range is not None:
             metrics["eval/human_normalized_score"] = self.info.normalized(mean)
         return metrics, recorded
+
+    def _episodes(
+        self, policy: DreamerPolicy, env_factory: Callable[[int], EnvBase], seeds: list[int]
+    ) -> list[TensorDictBase]:
+        """One episode per seed, run together; each as its own rollout (up to its end)."""
+        if self._env is None:
+            self._env = self._make(env_factory, seeds[0])
+        if self.envs == 1:
+            self._env.set_seed(seeds[0])
+            return [self._env.rollout(self.env_config.max_steps, policy, break_when_any_done=True)]
+        for i, seed in enumerate(seeds):
+            self._env[i].set_seed(seed)
+        carrier, steps = self._env.reset(), []
+        ended = torch.zeros(self.envs, dtype=torch.bool)
+        for _ in range(self.env_config.max_steps):
+            # Envs whose episode ended are reset and stepped on with the others; their steps are ignored.
+            transition, carrier = self._env.step_and_maybe_reset(policy(carrier))
+            steps.append(transition)
+            ended |= transition.get(("next", "done")).reshape(self.envs).cpu()
+            if bool(ended[: len(seeds)].all()):
+                break
+        rollout = torch.stack(steps, dim=1)
+        done = rollout.get(("next", "done")).reshape(self.envs, -1)
+        ends = [int(done[i].nonzero()[0]) + 1 if done[i].any() else done.shape[1] for i in range(len(seeds))]
+        return [rollout[i, :end] for i, end in enumerate(ends)]
+
+    def _make(self, env_factory: Callable[[int], EnvBase], seed: int) -> EnvBase:
+        if self.envs == 1:
+            return env_factory(seed)
+        factories = [functools.partial(env_factory, seed + i) for i in range(self.envs)]
+        if self.parallel:
+            return ParallelEnv(self.envs, factories, mp_start_method="spawn")
+        return SerialEnv(self.envs, factories)
 
     def _record(self, rollout: TensorDictBase, frames: float) -> EvalEpisode:
         while self.next_video <= frames:

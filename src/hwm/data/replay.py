@@ -25,6 +25,7 @@ from torch import Tensor
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import Sampler, Storage
 
+from hwm.checkpoints.io import CheckpointError
 from hwm.checkpoints.replay_archive import ReplayArchive
 from hwm.models.world_model import IS_FIRST, IS_LAST
 
@@ -181,7 +182,13 @@ def sample_sequences(buffer: TensorDictReplayBuffer, batch_size: int, seq_len: i
 
 
 class SequenceReplay:
-    """The run's replay: rows in, [B, T] windows out, and its chunk files when a checkpoint is taken."""
+    """The run's replay: rows in, [B, T] windows out, and its chunk files when a checkpoint is taken.
+
+    With several envs per process (``lanes``) each env's rows go to a lane of their own (``capacity //
+    lanes`` rows, a buffer, a sampler and chunk files each), so that a window never mixes two envs'
+    streams; a batch draws its windows uniformly over all lanes' windows together. One lane is the plain
+    buffer (same files, same draws as ever).
+    """
 
     def __init__(
         self,
@@ -192,50 +199,92 @@ class SequenceReplay:
         cross_episodes: bool = False,
         ongoing: bool = False,
         ends_priority: float = 0.0,
+        lanes: int = 1,
     ) -> None:
         self.batch_size, self.seq_len = batch_size, seq_len
-        self.buffer = make_replay_buffer(
-            capacity=capacity,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            cross_episodes=cross_episodes,
-            ongoing=ongoing,
-            ends_priority=ends_priority,
-        )
-        self.archive = ReplayArchive(self.buffer, capacity, index=self.buffer.sampler)
+        self.buffers = [
+            make_replay_buffer(
+                capacity=capacity // lanes,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                cross_episodes=cross_episodes,
+                ongoing=ongoing,
+                ends_priority=ends_priority,
+            )
+            for _ in range(lanes)
+        ]
+        self.archives = [
+            ReplayArchive(
+                buffer, capacity // lanes, index=buffer.sampler, lane=f"/env{i}" if lanes > 1 else ""
+            )
+            for i, buffer in enumerate(self.buffers)
+        ]
         self.directory: Path | None = None
+
+    def shard(self, rank: int) -> None:
+        """Writes this process's chunks to folders of its own (DDP: one replay shard per process)."""
+        for archive in self.archives:
+            archive.shard(rank)
+
+    def _sampler(self, lane: int) -> SequenceSampler:
+        sampler = self.buffers[lane].sampler
+        assert isinstance(sampler, SequenceSampler)
+        return sampler
 
     @property
     def ready(self) -> bool:
         """Whether a whole window can be replayed (not at the start, nor, when only finished episodes are
         replayed, before a first episode ends)."""
-        sampler = self.buffer.sampler
-        assert isinstance(sampler, SequenceSampler)
-        return sampler.windows > 0
+        return any(self._sampler(i).windows > 0 for i in range(len(self.buffers)))
 
-    def add(self, rows: TensorDictBase) -> None:
-        add_rows(self.buffer, rows)
+    def add(self, rows: TensorDictBase, lane: int = 0) -> None:
+        add_rows(self.buffers[lane], rows)
 
     def sample(self) -> TensorDictBase:
-        return sample_sequences(self.buffer, self.batch_size, self.seq_len)
+        if len(self.buffers) == 1:
+            return sample_sequences(self.buffers[0], self.batch_size, self.seq_len)
+        windows = torch.tensor([float(self._sampler(i).windows) for i in range(len(self.buffers))])
+        lanes = torch.multinomial(windows, self.batch_size, replacement=True)
+        parts = []
+        for lane, count in enumerate(torch.bincount(lanes, minlength=len(self.buffers)).tolist()):
+            if count:
+                buffer = self.buffers[lane]
+                index, _ = self._sampler(lane).sample(buffer.storage, count * self.seq_len)
+                parts.append(buffer.storage.get(index))
+        seq = torch.cat(parts).reshape(self.batch_size, self.seq_len)
+        is_first = seq.get(IS_FIRST).clone()
+        is_first[:, 0] = True
+        seq.set(IS_FIRST, is_first)
+        return seq
 
     @property
     def files(self) -> list[str]:
         """The chunk files (relative to the run folder) that the last saved state needs."""
-        return [c["file"] for c in self.archive.chunks]
+        return [c["file"] for archive in self.archives for c in archive.chunks]
 
     def state_dict(self) -> dict[str, Any] | None:
         """Writes what is new since the last save under ``directory``; None without a directory."""
         if self.directory is None:
             return None
-        chunks = self.archive.save(self.directory)
-        return {
-            "write_count": int(self.buffer.write_count),
-            "capacity": self.archive.capacity,
-            "chunks": chunks,
-        }
+        lanes = [
+            {
+                "write_count": int(buffer.write_count),
+                "capacity": archive.capacity,
+                "chunks": archive.save(self.directory),
+            }
+            for buffer, archive in zip(self.buffers, self.archives, strict=True)
+        ]
+        if len(lanes) == 1:
+            return lanes[0]
+        return {"lanes": lanes, "chunks": [c for lane in lanes for c in lane["chunks"]]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.directory is None:
             raise RuntimeError("the replay's directory (the checkpoint's folder) must be set before loading")
-        self.archive.restore(self.directory, state["chunks"], state["write_count"])
+        lanes = state.get("lanes", [state])
+        if len(lanes) != len(self.buffers):
+            raise CheckpointError(
+                f"the checkpoint's replay has {len(lanes)} lanes (data.num_envs); this run has {len(self.buffers)}"
+            )
+        for archive, lane in zip(self.archives, lanes, strict=True):
+            archive.restore(self.directory, lane["chunks"], lane["write_count"])

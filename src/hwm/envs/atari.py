@@ -175,6 +175,23 @@ class AtariEnv(gym.Env):
         self.ale.restoreState(state["ale"])
         self._rng.bit_generator.state = state["noops"]
 
+    def sim_state(self) -> dict[str, Any]:
+        """ALE's state with its RNG, the no-op generator, the screens in hand and the frame count (exact
+        mid-episode resume)."""
+        return {
+            "ale": self.ale.cloneState(include_rng=True),
+            "noops": self._rng.bit_generator.state,
+            "screens": self._screens.copy(),
+            "frames": self._frames,
+            "episode_rng": self._episode_rng,
+        }
+
+    def set_sim_state(self, state: dict[str, Any]) -> None:
+        self.ale.restoreState(state["ale"])
+        self._rng.bit_generator.state = state["noops"]
+        self._screens[...] = state["screens"]
+        self._frames, self._episode_rng = state["frames"], state["episode_rng"]
+
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
         if seed is not None:
@@ -278,4 +295,4 @@ def make_atari_env(
         seed=seed,
     )
     base = GymWrapper(game)
-    return finish_env(base, from_pixels, seed)
+    return finish_env(base, from_pixels, seed, game)

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from torchrl.data import Categorical, OneHot
-from torchrl.envs import Compose, EnvBase, InitTracker, PermuteTransform, TransformedEnv
+from torchrl.envs import Compose, EnvBase, InitTracker, PermuteTransform, Transform, TransformedEnv
+
+from hwm.envs.snapshot import SimSnapshot, SimState
 
 OBS_KEY = "observation"
 PIXELS_KEY = "pixels"
@@ -63,13 +65,15 @@ class EpisodeRng(Protocol):
     def set_episode_rng_state(self, state: Any) -> None: ...
 
 
-def finish_env(base: EnvBase, from_pixels: bool, seed: int) -> EnvBase:
-    """The transforms every suite's env gets: CHW pixels, ``is_init``; seeded."""
-    transforms = []
+def finish_env(base: EnvBase, from_pixels: bool, seed: int, sim: SimState) -> EnvBase:
+    """The transforms every suite's env gets: CHW pixels, ``is_init``, ``sim``'s snapshot in the state
+    dict (:mod:`hwm.envs.snapshot`); seeded."""
+    transforms: list[Transform] = []
     if from_pixels:
         # HWC -> CHW as a view; stays uint8 (4x smaller replay than float).
         transforms.append(PermuteTransform((-1, -3, -2), in_keys=[PIXELS_KEY]))
     transforms.append(InitTracker())
+    transforms.append(SimSnapshot(sim))
     env = TransformedEnv(base, Compose(*transforms))
     env.set_seed(seed)
     return env

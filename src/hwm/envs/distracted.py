@@ -13,7 +13,7 @@ Distractors:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import dm_env
 import numpy as np
@@ -21,6 +21,7 @@ from torchrl.envs import EnvBase
 
 from hwm.envs.common import finish_env
 from hwm.envs.dmc import ActionRepeat, CameraPixels, RepeatedDMControlWrapper, load_dmc
+from hwm.envs.snapshot import plain_attributes, restore_attributes
 
 __all__ = ["DISTRACTORS", "DistractedPixels", "NoiseVideo", "ShapesVideo", "make_distracted_env"]
 
@@ -127,6 +128,20 @@ class DistractedPixels(CameraPixels):
         ids, types = seg[..., 0], seg[..., 1]
         return (ids == -1) | ((types == _OBJ_GEOM) & np.isin(ids, self._background_geoms))
 
+    def sim_state(self) -> dict[str, Any]:
+        """The DMC state plus the distractor video's (its generator and the moving shapes / noise keys)."""
+        video = self.video
+        return {
+            **super().sim_state(),
+            "video": plain_attributes(video),
+            "video_rng": video.rng.bit_generator.state,
+        }
+
+    def set_sim_state(self, state: dict[str, Any]) -> None:
+        super().set_sim_state(state)
+        restore_attributes(self.video, state["video"])
+        self.video.rng.bit_generator.state = state["video_rng"]
+
     def reset(self) -> dm_env.TimeStep:
         self.video.reset()
         return super().reset()
@@ -185,4 +200,4 @@ def make_distracted_env(
         seed=seed,
     )
     base = _DistractedWrapper(distracted, from_pixels=False)
-    return finish_env(base, True, seed)
+    return finish_env(base, True, seed, distracted)

@@ -29,6 +29,12 @@ from torchrl.data import Unbounded  # noqa: E402
 from torchrl.envs import DMControlWrapper, EnvBase  # noqa: E402
 
 from hwm.envs.common import OBS_KEY, PIXELS_KEY, finish_env, tune_rendering  # noqa: E402
+from hwm.envs.snapshot import (  # noqa: E402
+    mujoco_state,
+    plain_attributes,
+    restore_attributes,
+    set_mujoco_state,
+)
 
 __all__ = ["ActionRepeat", "CameraPixels", "RepeatedDMControlWrapper", "dmc_tasks", "load_dmc", "make_env"]
 
@@ -128,6 +134,24 @@ class ActionRepeat(dm_env.Environment):
         """The next reset then starts the same episode as the one ``state`` was taken from."""
         self._env.task.random.set_state(state)
 
+    def sim_state(self) -> dict[str, Any]:
+        """Physics, the task's random state and Python-side episode state (exact mid-episode resume)."""
+        physics, task = self._env.physics, self._env.task
+        return {
+            "mujoco": mujoco_state(physics.model.ptr, physics.data.ptr),
+            "task_random": task.random.get_state(),
+            "task": plain_attributes(task),
+            "steps": self._steps,
+            "episode_rng": self._episode_rng,
+        }
+
+    def set_sim_state(self, state: dict[str, Any]) -> None:
+        physics, task = self._env.physics, self._env.task
+        set_mujoco_state(physics.model.ptr, physics.data.ptr, state["mujoco"])
+        task.random.set_state(state["task_random"])
+        restore_attributes(task, state["task"])
+        self._steps, self._episode_rng = state["steps"], state["episode_rng"]
+
     def reset(self) -> dm_env.TimeStep:
         self._steps = 0
         self._episode_rng = self._env.task.random.get_state()
@@ -194,6 +218,12 @@ class CameraPixels(pixels.Wrapper):
     def picture(self) -> np.ndarray:
         """The observation's HWC uint8 picture (subclasses change it)."""
         return self.render()
+
+    def sim_state(self) -> dict[str, Any]:
+        return self._env.sim_state()
+
+    def set_sim_state(self, state: dict[str, Any]) -> None:
+        self._env.set_sim_state(state)
 
     def _free_cameras(self) -> None:
         for camera in self._cameras.values():
@@ -279,7 +309,7 @@ def make_env(
         )
     else:
         base = RepeatedDMControlWrapper(repeated, from_pixels=False)
-    return finish_env(base, from_pixels, seed)
+    return finish_env(base, from_pixels, seed, repeated)
 
 
 def load_dmc(

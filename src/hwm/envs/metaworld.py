@@ -38,6 +38,12 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE  # noqa: E402
 from torchrl.envs import EnvBase, GymWrapper  # noqa: E402
 
 from hwm.envs.common import OBS_KEY, PIXELS_KEY, finish_env, tune_rendering  # noqa: E402
+from hwm.envs.snapshot import (  # noqa: E402
+    mujoco_state,
+    plain_attributes,
+    restore_attributes,
+    set_mujoco_state,
+)
 
 __all__ = [
     "CORNER2_POS",
@@ -123,6 +129,26 @@ class MetaWorldSteps(gym.Env):
     def set_episode_rng_state(self, state: dict[str, Any]) -> None:
         """The next reset then draws the same goal/object configuration as the episode ``state`` came from."""
         self._env.np_random.bit_generator.state = state
+
+    def sim_state(self) -> dict[str, Any]:
+        """MuJoCo's state, the goal generator and the task's Python-side episode state (its goal, initial
+        positions, previous observation, path length): exact mid-episode resume."""
+        env = self._env
+        return {
+            "mujoco": mujoco_state(env.model, env.data),
+            "np_random": env.np_random.bit_generator.state,
+            "task": plain_attributes(env),
+            "steps": self._steps,
+            "success": self._success,
+            "episode_rng": self._episode_rng,
+        }
+
+    def set_sim_state(self, state: dict[str, Any]) -> None:
+        env = self._env
+        set_mujoco_state(env.model, env.data, state["mujoco"])
+        env.np_random.bit_generator.state = state["np_random"]
+        restore_attributes(env, state["task"])
+        self._steps, self._success, self._episode_rng = state["steps"], state["success"], state["episode_rng"]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
@@ -210,4 +236,4 @@ def make_metaworld_env(
         size=image_size,
         camera=camera,
     )
-    return finish_env(GymWrapper(steps), from_pixels, seed)
+    return finish_env(GymWrapper(steps), from_pixels, seed, steps)

@@ -65,7 +65,7 @@ class DreamerPolicy(TensorDictModuleBase):
 
     def _act(self, td: TensorDictBase, device: torch.device) -> TensorDictBase:
         wm = self.world_model
-        obs = td.get(wm.obs_key).to(device)
+        obs = _to_device(td.get(wm.obs_key), device)
         # Unbatched envs give [obs_shape]; add a batch dim for the networks and drop it after.
         unbatched = obs.dim() == len(wm.obs_shape)
         if unbatched:
@@ -90,5 +90,12 @@ class DreamerPolicy(TensorDictModuleBase):
         return td
 
     def _state(self, td: TensorDictBase, key: str, batch: int, device: torch.device) -> torch.Tensor:
-        value = td.get(key).to(device)
-        return value.reshape(batch, -1)
+        return _to_device(td.get(key), device).reshape(batch, -1)
+
+
+def _to_device(value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-to-GPU copies from pinned memory without blocking (the copy overlaps the next launches); on the
+    CPU, the tensor itself."""
+    if device.type != "cuda" or value.device.type != "cpu":
+        return value.to(device)
+    return value.pin_memory().to(device, non_blocking=True)
