@@ -8,11 +8,14 @@ intact and loadable.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -24,6 +27,20 @@ HWM_KEY = "hwm"
 
 class CheckpointError(ValueError):
     """A checkpoint (or its replay files) cannot be used; the message says why in one line."""
+
+
+# What a checkpoint or replay chunk may name besides what ``torch.load(weights_only=True)`` allows (tensors,
+# numbers, strings, containers): numpy arrays, scalars and dtypes, which RNG and simulator states are made
+# of. Each rebuilds plain data from bytes; none runs code a file chooses. A file naming anything else is
+# refused, so a crafted checkpoint cannot execute code when someone resumes from it. Whatever a component
+# puts in its state_dict must be built from these (or plain types).
+SAFE_GLOBALS: tuple[Any, ...] = (
+    np._core.multiarray._reconstruct,
+    np._core.multiarray.scalar,
+    np.ndarray,
+    np.dtype,
+    *(getattr(np.dtypes, name) for name in np.dtypes.__all__ if name.endswith("DType")),
+)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
@@ -82,11 +99,23 @@ def load_torch_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} is not a file")
     try:
-        # Our checkpoints hold numpy RNG states and plain containers besides tensors.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if unsafe is None and "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"{what} {str(path)!r} is truncated or corrupt ({one_line(exc)})") from exc
+        needs = f"needs {unsafe.group(1)}" if unsafe else "holds more than tensors, numbers and containers"
+        raise CheckpointError(
+            f"refused to load {what} {str(path)!r}: it {needs}, which could run code on loading; hwm loads "
+            "only tensors, numpy arrays, numbers, strings and containers (docs/reliability.md)"
+        ) from exc
     except Exception as exc:
-        detail = " ".join(str(exc).split())[:160]
-        raise CheckpointError(f"{what} {str(path)!r} is truncated or corrupt ({detail})") from exc
+        raise CheckpointError(f"{what} {str(path)!r} is truncated or corrupt ({one_line(exc)})") from exc
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160] or type(exc).__name__
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
+    from hwm.checkpoints.lock import RunLock
     from hwm.cli.fit import HwmCLI
     from hwm.cli.resume import Resume
 
@@ -44,52 +45,81 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def fit(args: list[str]) -> int:
-    """`hwm fit`: builds (or resumes) the run, records it, trains."""
+    """`hwm fit`: builds (or resumes) the run, records it, trains; the exit status says how it ended
+    (docs/reliability.md)."""
     # Must be set before dm_control/mujoco pick a GL backend at import time; EGL works headless.
     os.environ.setdefault("MUJOCO_GL", "egl")
+    # MLflow's HTTP client retries a dead server for minutes per call by default; hwm's metric buffer
+    # retries on its own (without holding up training), so each call may fail fast.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     from hwm.checkpoints.io import CheckpointError
-    from hwm.checkpoints.validate import describe
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
     from hwm.cli.resume import build_or_resume
+    from hwm.training.stop import EXIT_INTERRUPTED
 
     try:
         # Nothing Lightning says while building should precede a one-line error.
         with held_logs(SEED_LOG, RANK_ZERO_LOG):
             cli, resume = build_or_resume(args)
+        if resume is not None:
+            announce(cli, resume)
+        lock = start_run(cli, resume)
     except (ConfigError, CheckpointError) as exc:
         print(f"hwm fit: error: {exc}", file=sys.stderr)
         return 2
-    if resume is not None:
-        frames = resume.env_frames
+    except KeyboardInterrupt:
+        print("\nhwm: interrupted before training started; nothing to save", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        size_threads(cli.trainer)
+        from hwm.cli.stopping import train
+
+        return train(cli, resume)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def announce(cli: HwmCLI, resume: Resume) -> None:
+    """Says what a resume continues, what it changed, and what it kept."""
+    from hwm.checkpoints.validate import describe
+
+    if resume.requeued_job is not None:
+        print(f"hwm: SLURM job {resume.requeued_job} was requeued: continuing its run", file=sys.stderr)
+    frames = resume.env_frames
+    print(
+        f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path} "
+        f"({resume.meta['updates']} updates, {frames} env frames)"
+        + (f"; overrides applied: {describe(resume.applied)}" if resume.applied else ""),
+        file=sys.stderr,
+    )
+    if resume.shadowed:
         print(
-            f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path} "
-            f"({resume.meta['updates']} updates, {frames} env frames)"
-            + (f"; overrides applied: {describe(resume.applied)}" if resume.applied else ""),
+            f"hwm: kept the checkpoint's settings over the config files for {describe(resume.shadowed)} "
+            "(file -> checkpoint); pass --key value to change one",
             file=sys.stderr,
         )
-        if resume.shadowed:
-            print(
-                f"hwm: kept the checkpoint's settings over the config files for {describe(resume.shadowed)} "
-                "(file -> checkpoint); pass --key value to change one",
-                file=sys.stderr,
-            )
-        if frames >= cli.data.total_frames:
-            print(
-                f"hwm: the checkpoint has spent the frame budget ({frames} >= data.total_frames "
-                f"{cli.data.total_frames}): nothing to train; pass a larger --data.total_frames",
-                file=sys.stderr,
-            )
-    start_run(cli, resume)
-    size_threads(cli.trainer)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume.path if resume else None)
-    return 0
+    if frames >= cli.data.total_frames:
+        print(
+            f"hwm: the checkpoint has spent the frame budget ({frames} >= data.total_frames "
+            f"{cli.data.total_frames}): nothing to train; pass a larger --data.total_frames",
+            file=sys.stderr,
+        )
 
 
-def start_run(cli: HwmCLI, resume: Resume | None) -> None:
-    """Records the run in MLflow (rank 0) and points the checkpoints at the run's folder."""
+def start_run(cli: HwmCLI, resume: Resume | None) -> RunLock | None:
+    """Takes the run folder's lock, records the run in MLflow (rank 0) and points the checkpoints at the
+    run's folder; returns the lock (held until the process ends or releases it)."""
+    from hwm.checkpoints.lock import RunLock
+    from hwm.checkpoints.preemption import slurm_job_id
     from hwm.cli.run_log import ResumeRecord, log_run
 
+    lock = None
+    if resume is not None and cli.trainer.is_global_zero:
+        # Before anything is written: a second process on the same run is refused here.
+        lock = RunLock(resume.path.parent).acquire()
     config = cli.config_yaml()
     run_id = None
     if cli.trainer.is_global_zero:
@@ -105,13 +135,17 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> None:
         )
     checkpoint = cli.periodic_checkpoint()
     if checkpoint is None:
-        return
+        return lock
     if resume is not None:
         run_dir = resume.path.parent
     else:
         run_dir = Path(checkpoint.dirpath) / str(run_id or f"run-{os.getpid()}")
+        if cli.trainer.is_global_zero:
+            lock = RunLock(run_dir).acquire()
     tracking = cli.config.get("trainer.logger.init_args.tracking_uri") if run_id is not None else None
-    checkpoint.start_run(run_dir, {"run_id": run_id, "tracking_uri": tracking, "config": config})
+    info = {"run_id": run_id, "tracking_uri": tracking, "slurm_job": slurm_job_id(), "config": config}
+    checkpoint.start_run(run_dir, info)
+    return lock
 
 
 def size_threads(trainer: Trainer) -> None:

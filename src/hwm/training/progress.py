@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from hwm.training.stream import AgentProgress, Stream
+from hwm.training.stream import AgentProgress, Stream, TrackingStatus
 
 
 class FrameProgressBar(TQDMProgressBar):
@@ -19,10 +19,12 @@ class FrameProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate)
         self._stream: Stream | None = None
         self._agent: AgentProgress | None = None
+        self._tracking: TrackingStatus | None = None
 
-    def attach(self, stream: Stream, agent: AgentProgress) -> None:
-        """Where the bar's numbers come from: frames from the stream, updates and returns from the agent."""
-        self._stream, self._agent = stream, agent
+    def attach(self, stream: Stream, agent: AgentProgress, tracking: TrackingStatus | None = None) -> None:
+        """Where the bar's numbers come from: frames from the stream, updates and returns from the agent,
+        the tracking server's state from the metric buffer."""
+        self._stream, self._agent, self._tracking = stream, agent, tracking
 
     def _frames(self) -> int:
         return int(self._stream.counters.get("env_frames", 0)) if self._stream is not None else 0
@@ -62,6 +64,8 @@ class FrameProgressBar(TQDMProgressBar):
             value = shown.get(key)
             if value is not None:
                 postfix[label] = f"{value:.1f}"
+        if self._tracking is not None and self._tracking.offline:
+            postfix["tracking"] = f"offline, {self._tracking.buffered} steps buffered"
         bar.set_postfix(postfix, refresh=False)
         bar.refresh()
 
