@@ -85,7 +85,7 @@ class TrackingBuffer(Callback):
     def buffered(self) -> int:
         """Steps written but not yet sent."""
         with self._cond:
-            return len(self._queue) + (self._sending is not None)
+            return len(self._queue)  # the step being sent stays first in the queue until it is sent
 
     @property
     def offline(self) -> bool:
@@ -98,7 +98,7 @@ class TrackingBuffer(Callback):
         self._thread.start()
 
     def _run(self) -> None:
-        wait = 1.0
+        wait = first_wait = min(1.0, self.retry_seconds)
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -122,7 +122,7 @@ class TrackingBuffer(Callback):
                         self._cond.wait(timeout=wait)
                     wait = min(wait * 2, self.retry_seconds)
                     continue
-            wait = 1.0
+            wait = first_wait
             with self._cond:
                 self._queue.popleft()
                 self._sending = None
