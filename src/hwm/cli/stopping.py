@@ -17,13 +17,23 @@ def train(cli: HwmCLI, resume: Resume | None) -> int:
     """Runs the fit; returns the exit status."""
     preemption = cli.preemption()
     try:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume.path if resume else None)
+        return _fit(cli, resume)
     except (KeyboardInterrupt, SystemExit):
+        # Lightning turns a KeyboardInterrupt during fit into sys.exit(1) after its own cleanup.
         if not preemption.forced:
             raise
         last = _last_checkpoint(cli)
         print(f"hwm: stopped at once (second Ctrl-C); last checkpoint: {last or 'none'}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        # Kept until the run has reported: a late second Ctrl-C still means "stop at once", not a traceback.
+        preemption.uninstall()
+
+
+def _fit(cli: HwmCLI, resume: Resume | None) -> int:
+    preemption = cli.preemption()
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume.path if resume else None)
     except Exception:
         reason = preemption.stops.reason
         # Ending the MLflow run needs the server too: with the server gone, that is the expected failure.
