@@ -9,7 +9,9 @@ from hwm.training.nonfinite import NonFiniteGuard, finite
 from hwm.training.stop import EXIT_NONFINITE, StopRequests
 
 
-def _guarded_step(model: torch.nn.Linear, opt: torch.optim.Optimizer, guard: NonFiniteGuard, scale: float) -> bool:
+def _guarded_step(
+    model: torch.nn.Linear, opt: torch.optim.Optimizer, guard: NonFiniteGuard, scale: float
+) -> bool:
     """What the agent does per optimizer: backward, check, step or skip."""
     opt.zero_grad(set_to_none=True)
     loss = (model(torch.ones(1, 3)) * scale).sum()

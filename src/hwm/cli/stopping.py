@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
 
+from hwm.cli.errors import one_line
 from hwm.cli.fit import HwmCLI
 from hwm.cli.resume import Resume
 from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_TRACKING, StopReason
@@ -34,8 +35,15 @@ def _fit(cli: HwmCLI, resume: Resume | None) -> int:
     preemption = cli.preemption()
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume.path if resume else None)
-    except Exception:
+    except Exception as exc:
         reason = preemption.stops.reason
+        tracking = cli.tracking()
+        if reason is None and tracking.offline:
+            reason = StopReason(
+                EXIT_TRACKING,
+                f"the run ended while the tracking server was unreachable ({one_line(exc)}); "
+                f"{tracking.buffered} unsent metric steps are in the last checkpoint and a resume sends them",
+            )
         # Ending the MLflow run needs the server too: with the server gone, that is the expected failure.
         if reason is None or reason.status != EXIT_TRACKING:
             raise

@@ -38,8 +38,8 @@ class TrackingBuffer(Callback):
     Args:
         give_up_minutes: an outage this long stops the run (checkpoint first; exit status 5).
         retry_seconds: the longest wait between two tries (waits double from one second up to it).
-        flush_seconds: at the end of a run, how long to wait for the queue to drain before leaving the
-            rest in the last checkpoint.
+        flush_seconds: at the end of a run, how long to wait for the queue to drain (an outage may end
+            meanwhile) before leaving the rest in the last checkpoint.
     """
 
     def __init__(
@@ -60,6 +60,7 @@ class TrackingBuffer(Callback):
         self._thread: threading.Thread | None = None
         self._closing = False
         self.down_since: float | None = None
+        self.gave_up = False
         self.floor = -1  # steps up to here are already in the run (a resume)
         self.sent = 0
 
@@ -145,6 +146,7 @@ class TrackingBuffer(Callback):
                 f"metrics are buffered ({self.buffered} steps) and retried"
             )
         elif now - self.down_since >= self.give_up_minutes * 60 and self._stops is not None:
+            self.gave_up = True
             self._stops.request_stop(
                 StopReason(
                     EXIT_TRACKING,
@@ -157,7 +159,7 @@ class TrackingBuffer(Callback):
         """Waits up to ``timeout`` seconds for the queue to drain; True when everything was sent."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue and self._thread is not None and not self.offline:
+            while self._queue and self._thread is not None and not self.gave_up:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -168,7 +170,7 @@ class TrackingBuffer(Callback):
         """Drains what it can within ``flush_seconds``, then stops the thread (the rest stays queued)."""
         if self._thread is None:
             return
-        if not self.flush(self.flush_seconds):  # at once when the server is down
+        if not self.flush(self.flush_seconds):  # at once when the server is gone for good
             rank_zero_warn(
                 f"hwm: {self.buffered} metric steps could not be sent to the tracking server; the last "
                 "checkpoint holds them and a resume sends them"
@@ -191,5 +193,7 @@ class TrackingBuffer(Callback):
         unsent = [(int(step), dict(m)) for step, m in state_dict.get("unsent", []) if int(step) > self.floor]
         with self._cond:
             self._queue.extendleft(reversed(unsent))
-        if unsent:
+        if unsent and self._logger is not None:
             rank_zero_info(f"hwm: sending {len(unsent)} metric steps the checkpoint had not sent yet")
+            if self._thread is None:  # a resume with nothing left to train writes nothing new
+                self._start()
