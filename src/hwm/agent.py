@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities import rank_zero_warn
 from tensordict import TensorDictBase
 from torch import Tensor
 
@@ -24,7 +21,7 @@ from hwm.models.presets import Base, Size
 from hwm.models.world_model import WorldModel
 from hwm.training.distributed import average_gradients, disable_ddp_reducer, gather_fingerprints
 from hwm.training.frame_log import FrameLog
-from hwm.training.media import render_evaluation
+from hwm.training.media import log_media
 from hwm.training.nonfinite import NonFiniteGuard, finite
 from hwm.training.stop import StopBoard
 from hwm.training.stream import MetricSink, Stream
@@ -335,15 +332,8 @@ class HarmonyDreamAgent(L.LightningModule):
         # Only MLflow takes files here; other loggers get the metrics alone.
         if not recorded or not isinstance(logger, MLFlowLogger) or not self.trainer.is_global_zero:
             return
-        with tempfile.TemporaryDirectory() as tmp, torch.autocast(self.device.type, enabled=False):
-            for episode in recorded:
-                for path in render_evaluation(self.world_model, episode, Path(tmp)):
-                    try:
-                        logger.experiment.log_artifact(logger.run_id, str(path), "media")
-                    except Exception as exc:  # a tracking outage costs a video, never the run
-                        rank_zero_warn(
-                            f"hwm: evaluation video {path.name} not logged (tracking store: {exc})"
-                        )
+        with torch.autocast(self.device.type, enabled=False):
+            log_media(logger, self.world_model, recorded)
 
     def _log(self, metrics: dict[str, Any]) -> None:
         counters = self._stream.counters if self._stream is not None else {}

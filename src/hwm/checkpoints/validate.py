@@ -24,8 +24,11 @@ SAFE_KEYS = (
     "data.fast_render",
     "model.log_every",
     "model.compile",
+    "model.max_nonfinite",
     "checkpoint.",
     "progress_bar.",
+    "preemption.",
+    "tracking.",
     "trainer.",
 )
 # ...except these trainer keys: the run's MLflow experiment, and the process layout the replay is split by.
