@@ -145,6 +145,12 @@ class PeriodicCheckpoint(Checkpoint):
         if self.save_on_train_end and self._stream.stream_finished and self._stamp() != self._last_saved:
             self.save(trainer, pl_module)
 
+    def save_unless_saved(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        """Saves, unless the last checkpoint already holds this very state (a periodic save just now)."""
+        if self._stamp() == self._last_saved and self.last_saved_path is not None:
+            return self.last_saved_path
+        return self.save(trainer, pl_module)
+
     def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
         """Writes a checkpoint; on a failed write (OSError) reports it and returns None, the previous
         checkpoint untouched, and files a stop after ``max_failed_writes`` failures in a row."""
