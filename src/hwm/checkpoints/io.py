@@ -102,10 +102,15 @@ def load_torch_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if unsafe is None and "Weights only load failed" not in str(exc):
-            raise CheckpointError(f"{what} {str(path)!r} is truncated or corrupt ({one_line(exc)})") from exc
-        needs = f"needs {unsafe.group(1)}" if unsafe else "holds more than tensors, numbers and containers"
+        text = str(exc)
+        unsafe = re.search(r"(?:Unsupported global: GLOBAL|Trying to load unsupported GLOBAL) (\S+)", text)
+        # Anything else the restricted unpickler stops at (an unknown opcode, ...) is damage, not code.
+        if unsafe is None and not re.search(r"Can only (?:build|create new object)", text):
+            detail = re.search(r"WeightsUnpickler error:\s*(.*?)\n\n", text, re.S)
+            raise CheckpointError(
+                f"{what} {str(path)!r} is truncated or corrupt ({detail.group(1).strip() if detail else one_line(exc)})"
+            ) from exc
+        needs = f"needs {unsafe.group(1)}" if unsafe else "builds objects other than tensors and containers"
         raise CheckpointError(
             f"refused to load {what} {str(path)!r}: it {needs}, which could run code on loading; hwm loads "
             "only tensors, numpy arrays, numbers, strings and containers (docs/reliability.md)"
