@@ -112,3 +112,57 @@ def test_server_down_for_a_while_loses_no_metric(
         assert run.info.status == "FINISHED"
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_server_gone_for_good_ends_the_run_with_a_checkpoint_and_the_resume_sends_the_rest(
+    tmp_path: Path, mlflow_db_template: Path, tiny_run: LoggedRun
+) -> None:
+    shutil.copyfile(mlflow_db_template, tmp_path / "server.db")
+    server = _Server(tmp_path, _free_port())
+    server.start()
+    workdir = tmp_path / "fit"
+    workdir.mkdir()
+    budget = 800  # long enough to outlast the 6 s the run waits for the server
+    args = ["fit", "--config", str(TINY_CONFIG), "--trainer.logger.init_args.tracking_uri", server.base]
+    args += ["--checkpoint.every_updates", "10", "--data.total_frames", str(budget)]
+    args += ["--tracking.retry_seconds", "1", "--tracking.give_up_minutes", "0.1"]
+    env = cli_env()
+    env.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    fit = subprocess.Popen([sys.executable, "-m", "hwm.cli", *args], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not list(workdir.glob("checkpoints/*/update-*.json")):
+            assert fit.poll() is None and time.monotonic() < deadline, fit.stderr.read()[-3000:]
+            time.sleep(0.05)
+        server.stop()
+        _, err = fit.communicate(timeout=300)
+    finally:
+        if fit.poll() is None:
+            fit.kill()
+    assert fit.returncode == 5, err[-4000:]
+    assert "Traceback" not in err
+    assert "unreachable for 0.1 minutes" in err and "continue with: hwm fit --ckpt_path" in err
+
+    server.start()
+    try:
+        resume = subprocess.run(
+            [sys.executable, "-m", "hwm.cli", "fit", "--config", str(TINY_CONFIG), "--ckpt_path", "last"],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert resume.returncode == 0, resume.stderr[-4000:]
+        assert "metric steps the checkpoint had not sent yet" in resume.stderr
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(server.base)
+        (run,) = client.search_runs([client.get_experiment_by_name(TINY_EXPERIMENT).experiment_id])
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "progress/env_frames")]
+        straight = [
+            m.step for m in tiny_run.client.get_metric_history(tiny_run.run_id, "progress/env_frames")
+        ]
+        # The straight run's steps up to its budget, then every collect to this one's: none missing.
+        assert steps == straight + list(range(straight[-1] + 4, budget + 1, 4))
+        assert run.info.status == "FINISHED"
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ intact and loadable.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
@@ -41,6 +42,24 @@ SAFE_GLOBALS: tuple[Any, ...] = (
     np.dtype,
     *(getattr(np.dtypes, name) for name in np.dtypes.__all__ if name.endswith("DType")),
 )
+# Simulator states a suite checkpoints as the simulator's own class, each rebuilt by parsing its own
+# serialized bytes (``__setstate__``), never by calling something the file names. Imported only when a file
+# names one (ale_py takes half a second to import).
+SIMULATOR_STATES: dict[str, tuple[str, str]] = {"ale_py._ale_py.ALEState": ("ale_py", "ALEState")}
+
+
+def allowed_globals(path: Path) -> list[Any]:
+    """SAFE_GLOBALS, plus the simulator-state classes ``path`` names."""
+    allowed = list(SAFE_GLOBALS)
+    try:
+        named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip file: torch.load says what is wrong with it
+        return allowed
+    for name in named:
+        if name in SIMULATOR_STATES:
+            module, attr = SIMULATOR_STATES[name]
+            allowed.append(getattr(importlib.import_module(module), attr))
+    return allowed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
@@ -99,7 +118,7 @@ def load_torch_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} is not a file")
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        with torch.serialization.safe_globals(allowed_globals(path)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
