@@ -127,7 +127,9 @@ class PeriodicCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         assert self._stream is not None and self._agent is not None, "attach() comes before training"
-        if not self._stream.at_collect_boundary:
+        # A run stopping now saved already (a preemption) or must not save (a stop that names the last good
+        # checkpoint: this one would be newer than the last good state).
+        if not self._stream.at_collect_boundary or trainer.should_stop:
             return
         updates = self._agent.updates
         by_updates = self.every_updates and updates - self._last_attempt >= self.every_updates
