@@ -54,6 +54,7 @@ def fit(args: list[str]) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     from hwm.checkpoints.io import CheckpointError
+    from hwm.checkpoints.lock import RunFolderLocked
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
     from hwm.cli.resume import build_or_resume
@@ -66,7 +67,7 @@ def fit(args: list[str]) -> int:
         if resume is not None:
             announce(cli, resume)
         lock = start_run(cli, resume)
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, RunFolderLocked) as exc:
         print(f"hwm fit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
