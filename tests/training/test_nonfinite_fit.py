@@ -33,7 +33,10 @@ def _fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, template: Path, *extra
 
     shutil.copyfile(template, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
-    return main(["fit", "--config", str(TINY_CONFIG), "--checkpoint.every_updates", "10", *extra])
+    # An absolute store: MLflow caches stores by URI, and tiny.yaml's relative one would name the last test's.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--checkpoint.every_updates", "10", "--trainer.logger.init_args.tracking_uri", uri, *extra]
+    return main(["fit", "--config", str(TINY_CONFIG), *args])
 
 
 def _run(tmp_path: Path):  # noqa: ANN202 - an mlflow Run
