@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -23,8 +21,10 @@ from hwm.models.presets import Base, Size
 from hwm.models.world_model import WorldModel
 from hwm.training.distributed import average_gradients, disable_ddp_reducer, gather_fingerprints
 from hwm.training.frame_log import FrameLog
-from hwm.training.media import render_evaluation
-from hwm.training.stream import Stream
+from hwm.training.media import log_media
+from hwm.training.nonfinite import NonFiniteGuard, finite
+from hwm.training.stop import StopBoard
+from hwm.training.stream import MetricSink, Stream
 from hwm.training.timing import Stopwatch
 
 
@@ -63,6 +63,9 @@ class HarmonyDreamAgent(L.LightningModule):
             elementwise ops; costs about a minute of compiling at the start and whenever a new batch shape
             comes). Off by default: on CPU it gave no clear gain (docs/benchmarks.md, "Throughput and where
             the time goes"); meant for GPUs.
+        max_nonfinite: an optimizer step whose loss or gradient is not finite is skipped (counted as
+            ``nonfinite/<optimizer>_skipped``); this many skips of one optimizer in a row stop the run (exit
+            status 3). Under ``16-mixed`` precision the grad scaler skips such steps itself.
 
     Optimizer settings left null take the base's (DreamerV2: lr 3e-4 / 8e-5 / 8e-5, eps 1e-5, weight decay
     1e-6, clip 100; DreamerV3: lr 1e-4 / 3e-5 / 3e-5, eps 1e-8 model and 1e-5 actor-critic, no weight decay,
@@ -91,6 +94,7 @@ class HarmonyDreamAgent(L.LightningModule):
         log_every: int = 50,
         eval_sample: bool | None = None,
         compile: bool = False,
+        max_nonfinite: int = 50,
     ) -> None:
         super().__init__()
         presets.check(base, size)
@@ -149,12 +153,22 @@ class HarmonyDreamAgent(L.LightningModule):
         self._grad_norms: dict[str, Tensor] = {}
         self._stepping = "model"
         self._stream: Stream | None = None
+        self._sink: MetricSink | None = None
         self._policy: DreamerPolicy | None = None
+        self.nonfinite = NonFiniteGuard(max_nonfinite)
 
     # -- wiring -------------------------------------------------------------------------------------------
     def attach_stream(self, stream: Stream) -> None:
         """The data stream whose counters, metrics and recorded episodes this agent logs."""
         self._stream = stream
+
+    def attach_stops(self, stops: StopBoard) -> None:
+        """Where a run of non-finite updates files its stop."""
+        self.nonfinite.attach(stops)
+
+    def attach_metric_sink(self, sink: MetricSink) -> None:
+        """What metrics are written to (a buffer that outlives tracking-server outages); else the logger."""
+        self._sink = sink
 
     def resume_logging_after(self, step: int) -> None:
         """A resumed run's tracking store already has every step up to ``step``: those are not logged again."""
@@ -227,6 +241,7 @@ class HarmonyDreamAgent(L.LightningModule):
             metrics.update({f"world_model/{k}": v for k, v in wm_metrics.items()})
             metrics.update({f"actor_critic/{k}": v for k, v in ac_metrics.items()})
             metrics.update({f"grad_norm/{k}": v for k, v in self._grad_norms.items()})
+            metrics.update(self.nonfinite.metrics())
             metrics.update(data_metrics)
             metrics.update(self._time_split())
             with self.timer("logging"):
@@ -254,6 +269,17 @@ class HarmonyDreamAgent(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         self._stepping = name
+        # Under 16-mixed the gradients are still scaled here and the grad scaler skips non-finite steps
+        # itself (lowering its scale): skipping before it would keep the scale too high forever.
+        if not str(self.trainer.precision).startswith("16"):
+            params = [p for group in optimizer.optimizer.param_groups for p in group["params"]]
+            ok = bool(finite(loss, params))  # one host sync per optimizer step
+            if self.trainer.world_size > 1:  # every process skips, or none: their weights stay equal
+                ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+            self.nonfinite.record(name, ok, self.updates)
+            if not ok:
+                optimizer.zero_grad(set_to_none=True)
+                return
         optimizer.step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -271,7 +297,10 @@ class HarmonyDreamAgent(L.LightningModule):
         if pending:
             self._log(pending)
         self._log_media()
-        self.frame_log.flush(self._write)
+        if self._stream is not None and self._stream.stream_finished:
+            self.frame_log.flush(self._write)
+        # else the run stops early (a signal, a filed stop): the current step's metrics may still grow
+        # after a resume, so they travel with the checkpoint (``on_save_checkpoint``), unwritten.
         # The stream ends only when the frame budget is spent.
         self.trainer.should_stop = True
 
@@ -289,9 +318,11 @@ class HarmonyDreamAgent(L.LightningModule):
         # Metrics of the current step may still grow (e.g. a final evaluation at these frames): they travel
         # with the checkpoint instead of being written now, so a step is never written twice.
         checkpoint["unlogged_metrics"] = self.frame_log.state_dict()
+        checkpoint["nonfinite"] = self.nonfinite.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.frame_log.load_state_dict(checkpoint.get("unlogged_metrics", {"step": -1, "metrics": {}}))
+        self.nonfinite.load_state_dict(checkpoint.get("nonfinite", {}))
 
     # -- logging ------------------------------------------------------------------------------------------
     def _log_media(self) -> None:
@@ -301,10 +332,8 @@ class HarmonyDreamAgent(L.LightningModule):
         # Only MLflow takes files here; other loggers get the metrics alone.
         if not recorded or not isinstance(logger, MLFlowLogger) or not self.trainer.is_global_zero:
             return
-        with tempfile.TemporaryDirectory() as tmp, torch.autocast(self.device.type, enabled=False):
-            for episode in recorded:
-                for path in render_evaluation(self.world_model, episode, Path(tmp)):
-                    logger.experiment.log_artifact(logger.run_id, str(path), "media")
+        with torch.autocast(self.device.type, enabled=False):
+            log_media(logger, self.world_model, recorded)
 
     def _log(self, metrics: dict[str, Any]) -> None:
         counters = self._stream.counters if self._stream is not None else {}
@@ -317,6 +346,8 @@ class HarmonyDreamAgent(L.LightningModule):
         )
 
     def _write(self, metrics: dict[str, float], step: int) -> None:
-        if self.logger is not None and self.trainer.is_global_zero:
+        if self._sink is not None and self.trainer.is_global_zero:
+            self._sink.write(metrics, step)
+        elif self.logger is not None and self.trainer.is_global_zero:
             # Keyed by env frames, the x-axis papers use; Lightning's global_step counts optimizer steps.
             self.logger.log_metrics(metrics, step=step)

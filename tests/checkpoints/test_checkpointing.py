@@ -10,9 +10,9 @@ import torch
 from tensordict import TensorDict
 
 from hwm.checkpoints.io import CheckpointError, atomic_torch_save, atomic_write, read_checkpoint
-from hwm.data.replay import add_rows, make_replay_buffer, sample_sequences
 from hwm.checkpoints.replay_archive import ReplayArchive
 from hwm.checkpoints.validate import config_changes, is_safe, split_changes
+from hwm.data.replay import add_rows, make_replay_buffer, sample_sequences
 
 CAPACITY, SEQ = 12, 3
 
@@ -49,7 +49,9 @@ def _filled(sizes: list[int], archive_dir: Path | None = None) -> tuple:
 def test_archive_round_trip(tmp_path: Path, sizes: list[int]) -> None:
     buffer, archive, manifest = _filled(sizes, tmp_path)
     restored = make_replay_buffer(capacity=CAPACITY, batch_size=2, seq_len=SEQ)
-    ReplayArchive(restored, CAPACITY, index=restored.sampler).restore(tmp_path, manifest, int(buffer.write_count))
+    ReplayArchive(restored, CAPACITY, index=restored.sampler).restore(
+        tmp_path, manifest, int(buffer.write_count)
+    )
 
     assert len(restored) == len(buffer)
     assert restored.writer.state_dict() == buffer.writer.state_dict()

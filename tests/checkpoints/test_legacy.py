@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
+
 from conftest import TINY_CONFIG, TINY_EXPERIMENT, RunHwm
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_run"

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import json
 import time
+from errno import errorcode
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from hwm.checkpoints.io import FORMAT_VERSION, HWM_KEY, atomic_symlink, atomic_write
 from hwm.checkpoints.replay_archive import REPLAY_DIR
+from hwm.training.stop import EXIT_CHECKPOINT_WRITES, StopBoard, StopReason
 from hwm.training.stream import AgentProgress, CheckpointedStream
 
 LAST = "last.ckpt"
@@ -54,6 +56,9 @@ class PeriodicCheckpoint(Checkpoint):
         every_minutes: wall-clock minutes between checkpoints (0: not by time).
         keep_last: checkpoints kept per run; older ones and replay chunks no kept one needs are deleted.
         save_on_train_end: also save when the frame budget is spent (resume it with a larger budget).
+        max_failed_writes: checkpoint writes that may fail in a row (disk full, folder unwritable) before
+            the run stops; until then each failure is reported and training goes on, and the previous
+            checkpoint stays the loadable ``last.ckpt`` (writes are atomic).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class PeriodicCheckpoint(Checkpoint):
         every_minutes: float = 30.0,
         keep_last: int = 3,
         save_on_train_end: bool = True,
+        max_failed_writes: int = 3,
     ) -> None:
         if every_updates < 0 or every_minutes < 0:
             raise ValueError("checkpoint.every_updates and checkpoint.every_minutes must be >= 0")
@@ -71,7 +77,13 @@ class PeriodicCheckpoint(Checkpoint):
             raise ValueError(f"checkpoint.keep_last must be >= 1; got {keep_last}")
         self.dirpath = dirpath
         self.every_updates, self.every_minutes = every_updates, every_minutes
+        if max_failed_writes < 1:
+            raise ValueError(f"checkpoint.max_failed_writes must be >= 1; got {max_failed_writes}")
         self.keep_last, self.save_on_train_end = keep_last, save_on_train_end
+        self.max_failed_writes = max_failed_writes
+        self.failed_writes = 0  # in a row
+        self.last_saved_path: Path | None = None
+        self._stops: StopBoard | None = None
         self.run_dir: Path | None = None
         self.run_info: dict[str, Any] = {}
         self._stream: CheckpointedStream | None = None
@@ -79,15 +91,22 @@ class PeriodicCheckpoint(Checkpoint):
         self._last_time = time.monotonic()
         # The stamp (updates first) of the last save, or of the training start.
         self._last_saved: tuple = (-1, None, None)
+        # Updates at the last save or failed attempt: the schedule counts from either.
+        self._last_attempt = -1
 
-    def attach(self, stream: CheckpointedStream, agent: AgentProgress) -> None:
-        """What a checkpoint cuts: the data stream (its clean points, its replay) and the agent's updates."""
-        self._stream, self._agent = stream, agent
+    def attach(
+        self, stream: CheckpointedStream, agent: AgentProgress, stops: StopBoard | None = None
+    ) -> None:
+        """What a checkpoint cuts: the data stream (its clean points, its replay) and the agent's updates;
+        where to file a stop when writes keep failing."""
+        self._stream, self._agent, self._stops = stream, agent, stops
 
     def start_run(self, run_dir: Path, run_info: dict[str, Any]) -> None:
         """Where this run's checkpoints go (a resumed run: beside the one it resumed from), and what to
         record about the run in each (MLflow run id, tracking URI, resolved config)."""
         self.run_dir, self.run_info = Path(run_dir), dict(run_info)
+        last = self.run_dir / LAST
+        self.last_saved_path = last.resolve() if last.exists() else None
 
     def _stamp(self) -> tuple:
         """Changes whenever the training state does; the same on every DDP process."""
@@ -104,13 +123,16 @@ class PeriodicCheckpoint(Checkpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_time = time.monotonic()
         self._last_saved = self._stamp()
+        self._last_attempt = self._agent.updates if self._agent is not None else -1
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         assert self._stream is not None and self._agent is not None, "attach() comes before training"
-        if not self._stream.at_collect_boundary:
+        # A run stopping now saved already (a preemption) or must not save (a stop that names the last good
+        # checkpoint: this one would be newer than the last good state).
+        if not self._stream.at_collect_boundary or trainer.should_stop:
             return
         updates = self._agent.updates
-        by_updates = self.every_updates and updates - self._last_saved[0] >= self.every_updates
+        by_updates = self.every_updates and updates - self._last_attempt >= self.every_updates
         by_time = self.every_minutes and time.monotonic() - self._last_time >= self.every_minutes * 60
         if self.every_minutes and trainer.world_size > 1:
             # Saving is collective: every process must agree, and their clocks don't.
@@ -119,11 +141,55 @@ class PeriodicCheckpoint(Checkpoint):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The stream's end (a final evaluation) may follow the last periodic save.
-        if self.save_on_train_end and self._stamp() != self._last_saved:
+        # The stream's end (a final evaluation) may follow the last periodic save. A run stopped early saved
+        # already (Preemption) or must not try again (writes failing).
+        assert self._stream is not None, "attach() comes before training"
+        if self.save_on_train_end and self._stream.stream_finished and self._stamp() != self._last_saved:
             self.save(trainer, pl_module)
 
-    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+    def save_unless_saved(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        """Saves, unless the last checkpoint already holds this very state (a periodic save just now)."""
+        if self._stamp() == self._last_saved and self.last_saved_path is not None:
+            return self.last_saved_path
+        return self.save(trainer, pl_module)
+
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        """Writes a checkpoint; on a failed write (OSError) reports it and returns None, the previous
+        checkpoint untouched, and files a stop after ``max_failed_writes`` failures in a row."""
+        assert self._agent is not None, "attach() comes before training"
+        self._last_time = time.monotonic()
+        self._last_attempt = self._agent.updates
+        try:
+            path = self._write(trainer)
+        except OSError as exc:
+            self._write_failed(exc)
+            return None
+        self.failed_writes = 0
+        self.last_saved_path = path
+        self._last_saved = self._stamp()
+        return path
+
+    def _write_failed(self, exc: OSError) -> None:
+        self.failed_writes += 1
+        what = errorcode.get(exc.errno or 0, type(exc).__name__)
+        previous = (
+            f"{self.last_saved_path} stays the last one" if self.last_saved_path else "none written yet"
+        )
+        detail = f"{what}: {exc.strerror or exc}"
+        rank_zero_warn(
+            f"hwm: checkpoint write failed ({detail}; {self.failed_writes} in a row); {previous}; training goes on"
+        )
+        if self.failed_writes >= self.max_failed_writes and self._stops is not None:
+            self._stops.request_stop(
+                StopReason(
+                    EXIT_CHECKPOINT_WRITES,
+                    f"checkpoint writes failed {self.failed_writes} times in a row ({detail}); last good "
+                    f"checkpoint: {self.last_saved_path or 'none'}",
+                    checkpoint=False,
+                )
+            )
+
+    def _write(self, trainer: L.Trainer) -> Path:
         if self.run_dir is None:
             raise RuntimeError("PeriodicCheckpoint.start_run() is called by the CLI before training")
         assert self._stream is not None and self._agent is not None, "attach() comes before training"
@@ -142,12 +208,18 @@ class PeriodicCheckpoint(Checkpoint):
                 "format_version": FORMAT_VERSION,
                 **{k: v for k, v in self.run_info.items() if k != "config"},
             }
-            atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(record, indent=1).encode()))
-            atomic_symlink(name, self.run_dir / LAST)
+            try:
+                atomic_write(
+                    path.with_suffix(".json"), lambda f: f.write(json.dumps(record, indent=1).encode())
+                )
+                atomic_symlink(name, self.run_dir / LAST)
+            except OSError:
+                # Without its sidecar and link the file is no checkpoint of the run: don't leave it behind.
+                path.unlink(missing_ok=True)
+                path.with_suffix(".json").unlink(missing_ok=True)
+                raise
             self._prune()
             rank_zero_info(f"hwm: checkpoint {path} ({updates} updates, {record['env_frames']} env frames)")
-        self._last_time = time.monotonic()
-        self._last_saved = self._stamp()
         return path
 
     def on_save_checkpoint(

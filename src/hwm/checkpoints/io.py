@@ -7,12 +7,16 @@ intact and loadable.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -24,6 +28,38 @@ HWM_KEY = "hwm"
 
 class CheckpointError(ValueError):
     """A checkpoint (or its replay files) cannot be used; the message says why in one line."""
+
+
+# What a checkpoint or replay chunk may name besides what ``torch.load(weights_only=True)`` allows (tensors,
+# numbers, strings, containers): numpy arrays, scalars and dtypes, which RNG and simulator states are made
+# of. Each rebuilds plain data from bytes; none runs code a file chooses. A file naming anything else is
+# refused, so a crafted checkpoint cannot execute code when someone resumes from it. Whatever a component
+# puts in its state_dict must be built from these (or plain types).
+SAFE_GLOBALS: tuple[Any, ...] = (
+    np._core.multiarray._reconstruct,
+    np._core.multiarray.scalar,
+    np.ndarray,
+    np.dtype,
+    *(getattr(np.dtypes, name) for name in np.dtypes.__all__ if name.endswith("DType")),
+)
+# Simulator states a suite checkpoints as the simulator's own class, each rebuilt by parsing its own
+# serialized bytes (``__setstate__``), never by calling something the file names. Imported only when a file
+# names one (ale_py takes half a second to import).
+SIMULATOR_STATES: dict[str, tuple[str, str]] = {"ale_py._ale_py.ALEState": ("ale_py", "ALEState")}
+
+
+def allowed_globals(path: Path) -> list[Any]:
+    """SAFE_GLOBALS, plus the simulator-state classes ``path`` names."""
+    allowed = list(SAFE_GLOBALS)
+    try:
+        named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip file: torch.load says what is wrong with it
+        return allowed
+    for name in named:
+        if name in SIMULATOR_STATES:
+            module, attr = SIMULATOR_STATES[name]
+            allowed.append(getattr(importlib.import_module(module), attr))
+    return allowed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
@@ -82,11 +118,28 @@ def load_torch_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} is not a file")
     try:
-        # Our checkpoints hold numpy RNG states and plain containers besides tensors.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(allowed_globals(path)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        unsafe = re.search(r"(?:Unsupported global: GLOBAL|Trying to load unsupported GLOBAL) (\S+)", text)
+        # Anything else the restricted unpickler stops at (an unknown opcode, ...) is damage, not code.
+        if unsafe is None and not re.search(r"Can only (?:build|create new object)", text):
+            detail = re.search(r"WeightsUnpickler error:\s*(.*?)\n\n", text, re.S)
+            raise CheckpointError(
+                f"{what} {str(path)!r} is truncated or corrupt ({detail.group(1).strip() if detail else one_line(exc)})"
+            ) from exc
+        needs = f"needs {unsafe.group(1)}" if unsafe else "builds objects other than tensors and containers"
+        raise CheckpointError(
+            f"refused to load {what} {str(path)!r}: it {needs}, which could run code on loading; hwm loads "
+            "only tensors, numpy arrays, numbers, strings and containers (docs/reliability.md)"
+        ) from exc
     except Exception as exc:
-        detail = " ".join(str(exc).split())[:160]
-        raise CheckpointError(f"{what} {str(path)!r} is truncated or corrupt ({detail})") from exc
+        raise CheckpointError(f"{what} {str(path)!r} is truncated or corrupt ({one_line(exc)})") from exc
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160] or type(exc).__name__
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

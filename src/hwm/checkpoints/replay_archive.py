@@ -47,7 +47,9 @@ class ReplayArchive:
     """Saves and restores one replay buffer as chunk files under ``<checkpoint dir>/replay/``; ``index`` (the
     buffer's sampler) is rebuilt from the rows a restore puts back."""
 
-    def __init__(self, buffer: TensorDictReplayBuffer, capacity: int, index: RowIndex, lane: str = "") -> None:
+    def __init__(
+        self, buffer: TensorDictReplayBuffer, capacity: int, index: RowIndex, lane: str = ""
+    ) -> None:
         self.buffer = buffer
         self.capacity = capacity
         self.index = index

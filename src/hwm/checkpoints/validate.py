@@ -3,6 +3,7 @@ given now may continue it, whether the weights fit the model."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,8 +26,11 @@ SAFE_KEYS = (
     "data.fast_render",
     "model.log_every",
     "model.compile",
+    "model.max_nonfinite",
     "checkpoint.",
     "progress_bar.",
+    "preemption.",
+    "tracking.",
     "trainer.",
 )
 # ...except these trainer keys: the run's MLflow experiment, and the process layout the replay is split by.
@@ -56,6 +60,19 @@ def resolve_ckpt_path(value: str, root: str | os.PathLike = "checkpoints") -> Pa
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     return path
+
+
+def job_checkpoint(root: str | os.PathLike, job: str) -> Path | None:
+    """The newest ``<root>/<run>/last.ckpt`` written by SLURM job ``job`` (a requeued job's own run)."""
+    found = []
+    for link in Path(root).glob(f"*/{LAST}"):
+        try:
+            record = json.loads(link.resolve(strict=True).with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and str(record.get("slurm_job")) == job:
+            found.append(link)
+    return max(found, key=lambda p: p.resolve().stat().st_mtime, default=None)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

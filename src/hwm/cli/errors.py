@@ -11,8 +11,11 @@ from typing import Any
 from lightning.pytorch import Trainer
 
 from hwm.agent import HarmonyDreamAgent
+from hwm.checkpoints.callback import PeriodicCheckpoint
+from hwm.checkpoints.preemption import Preemption
 from hwm.data.datamodule import ReplayDataModule
 from hwm.training.progress import FrameProgressBar
+from hwm.training.tracking_buffer import TrackingBuffer
 
 
 class ConfigError(Exception):
@@ -30,6 +33,9 @@ _GROUP_CLASSES: dict[str, Any] = {
     "data": ReplayDataModule,
     "trainer": Trainer,
     "progress_bar": FrameProgressBar,
+    "checkpoint": PeriodicCheckpoint,
+    "preemption": Preemption,
+    "tracking": TrackingBuffer,
 }
 _TOP_LEVEL_KEYS = ["config", "print_config", "seed_everything", *_GROUP_CLASSES]
 

@@ -4,6 +4,7 @@ handing each its collaborators (``wire``)."""
 from __future__ import annotations
 
 import logging
+import signal
 import warnings
 from argparse import ArgumentError
 from collections.abc import Iterator, Sequence
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningCLI
@@ -19,17 +21,22 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from hwm.agent import HarmonyDreamAgent
 from hwm.checkpoints.callback import PeriodicCheckpoint
 from hwm.checkpoints.io import AtomicCheckpointIO
+from hwm.checkpoints.preemption import Preemption
 from hwm.cli.errors import ConfigError, explain_parse_error, one_line
 from hwm.cli.prescan import last_value
 from hwm.data.datamodule import ReplayDataModule
 from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, default_run_name
 from hwm.models import presets
 from hwm.training.progress import FrameProgressBar
+from hwm.training.tracking_buffer import TrackingBuffer
 
 
 class HwmCLI(LightningCLI):
-    """LightningCLI with hwm's groups (``progress_bar``, ``checkpoint``) and defaults; the run's objects are
-    ``model`` (the agent), ``datamodule`` and ``trainer``."""
+    """LightningCLI with hwm's groups (``progress_bar``, ``checkpoint``, ``preemption``, ``tracking``) and
+    defaults; the run's objects are ``model`` (the agent), ``datamodule`` and ``trainer``."""
+
+    # The signal after which Lightning's SLURM environment (auto_requeue) requeues the job; None: no requeue.
+    requeue_signal: signal.Signals | None = None
 
     def add_core_arguments_to_parser(self, parser: ArgumentParser) -> None:
         # hwm's own classes first, Lightning's Trainer last (add_arguments_to_parser): `hwm fit --help` then
@@ -42,6 +49,8 @@ class HwmCLI(LightningCLI):
         parser.link_arguments("data.env_info", "model.env_info", apply_on="instantiate")
         parser.add_lightning_class_args(FrameProgressBar, "progress_bar")
         parser.add_lightning_class_args(PeriodicCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Preemption, "preemption")
+        parser.add_lightning_class_args(TrackingBuffer, "tracking")
         # Read by main() before parsing (the checkpoint's config becomes the base config); listed for --help.
         parser.add_argument(
             "--ckpt_path",
@@ -87,6 +96,7 @@ class HwmCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
+        self.requeue_signal = _requeue_signal(plugins)
         return super()._instantiate_trainer(config, callbacks)
 
     @property
@@ -105,15 +115,40 @@ class HwmCLI(LightningCLI):
     def periodic_checkpoint(self) -> PeriodicCheckpoint | None:
         return next((cb for cb in self.trainer.callbacks if isinstance(cb, PeriodicCheckpoint)), None)
 
+    def preemption(self) -> Preemption:
+        return next(cb for cb in self.trainer.callbacks if isinstance(cb, Preemption))
+
+    def tracking(self) -> TrackingBuffer:
+        return next(cb for cb in self.trainer.callbacks if isinstance(cb, TrackingBuffer))
+
     def wire(self) -> None:
         """Hands each object its collaborators (docs/architecture.md): the stream to the agent and the
         callbacks, the agent (its policy, its counters) to the stream and the callbacks."""
         agent, data = self.agent, self.data
         agent.attach_stream(data)
         data.attach_agent(agent)
+        preemption, tracking, checkpoint = self.preemption(), self.tracking(), self.periodic_checkpoint()
+        stops = preemption.stops
+        agent.attach_stops(stops)
+        tracking.attach(self.trainer.logger, stops)
+        if self.trainer.logger is not None:
+            agent.attach_metric_sink(tracking)
+        preemption.attach(data, agent, checkpoint, requeue_signal=self.requeue_signal)
+        if checkpoint is not None:
+            checkpoint.attach(data, agent, stops)
         for callback in self.trainer.callbacks:
-            if isinstance(callback, (PeriodicCheckpoint, FrameProgressBar)):
-                callback.attach(data, agent)
+            if isinstance(callback, FrameProgressBar):
+                callback.attach(data, agent, tracking)
+
+
+def _requeue_signal(plugins: list[Any]) -> signal.Signals | None:
+    """Lightning's SLURM environment (given, or detected as Lightning does) with auto_requeue: its signal."""
+    slurm = next((p for p in plugins if isinstance(p, SLURMEnvironment)), None)
+    if slurm is None and SLURMEnvironment.detect():
+        slurm = SLURMEnvironment()
+    if slurm is None or not slurm.auto_requeue or slurm.requeue_signal is None:
+        return None
+    return signal.Signals(slurm.requeue_signal)
 
 
 def name_run(config: Namespace) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
+    from hwm.checkpoints.lock import RunLock
     from hwm.cli.fit import HwmCLI
     from hwm.cli.resume import Resume
 
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def fit(args: list[str]) -> int:
-    """`hwm fit`: builds (or resumes) the run, records it, trains."""
+    """`hwm fit`: builds (or resumes) the run, records it, trains; the exit status says how it ended
+    (docs/reliability.md)."""
     # Must be set before dm_control/mujoco pick a GL backend at import time; EGL works headless.
     os.environ.setdefault("MUJOCO_GL", "egl")
     if not {"-h", "--help"} & set(args):
@@ -66,52 +68,77 @@ def fit(args: list[str]) -> int:
         except PreflightError as exc:
             print(f"hwm fit: error: {exc}", file=sys.stderr)
             return 2
+    # MLflow's HTTP client retries a dead server for minutes per call by default; hwm's metric buffer
+    # retries on its own (without holding up training), so each call may fail fast.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     from hwm.checkpoints.io import CheckpointError
-    from hwm.checkpoints.validate import describe
+    from hwm.checkpoints.lock import RunFolderLocked
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
     from hwm.cli.prescan import flag_value
     from hwm.cli.resume import build_or_resume
     from hwm.cli.summary import budget_notice
+    from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
     try:
         # Nothing Lightning says while building should precede a one-line error.
         with held_logs(SEED_LOG, RANK_ZERO_LOG):
             cli, resume = build_or_resume(args)
-    except (ConfigError, CheckpointError) as exc:
+        if resume is not None:
+            announce(cli, resume, picked_last=flag_value(args, "--ckpt_path") == "last")
+        notice = budget_notice(
+            cli.data.total_frames, cli.data.prefill_frames, resume.env_frames if resume else 0
+        )
+        if notice is not None:
+            print(notice, file=sys.stderr)
+        lock, run_id = start_run(cli, resume)
+    except (ConfigError, CheckpointError, RunFolderLocked) as exc:
         print(f"hwm fit: error: {exc}", file=sys.stderr)
         return 2
-    if resume is not None:
-        frames = resume.env_frames
-        picked = flag_value(args, "--ckpt_path") == "last"
-        why = " (--ckpt_path last: the newest run under the checkpoint folder)" if picked else ""
+    except KeyboardInterrupt:
+        print("\nhwm: interrupted before training started; nothing to save", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        size_threads(cli.trainer)
+        from hwm.cli.stopping import train
+
+        status = train(cli, resume)
+        # Not after a tracking outage (the summary reads the server) or a stop at once (no waiting).
+        if cli.trainer.is_global_zero and status in (0, EXIT_PREEMPTED):
+            print_summary(cli, run_id)
+        return status
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def announce(cli: HwmCLI, resume: Resume, picked_last: bool) -> None:
+    """Says what a resume continues, what it changed, and what it kept."""
+    from hwm.checkpoints.validate import describe
+
+    if resume.requeued_job is not None:
+        print(f"hwm: SLURM job {resume.requeued_job} was requeued: continuing its run", file=sys.stderr)
+    frames = resume.env_frames
+    why = " (--ckpt_path last: the newest run under the checkpoint folder)" if picked_last else ""
+    print(
+        f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path}{why} "
+        f"({resume.meta['updates']} updates, {frames} env frames)"
+        + (f"; overrides applied: {describe(resume.applied)}" if resume.applied else ""),
+        file=sys.stderr,
+    )
+    if resume.shadowed:
         print(
-            f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path}{why} "
-            f"({resume.meta['updates']} updates, {frames} env frames)"
-            + (f"; overrides applied: {describe(resume.applied)}" if resume.applied else ""),
+            f"hwm: kept the checkpoint's settings over the config files for {describe(resume.shadowed)} "
+            "(file -> checkpoint); pass --key value to change one",
             file=sys.stderr,
         )
-        if resume.shadowed:
-            print(
-                f"hwm: kept the checkpoint's settings over the config files for {describe(resume.shadowed)} "
-                "(file -> checkpoint); pass --key value to change one",
-                file=sys.stderr,
-            )
-        if frames >= cli.data.total_frames:
-            print(
-                f"hwm: the checkpoint has spent the frame budget ({frames} >= data.total_frames "
-                f"{cli.data.total_frames}): nothing to train; pass a larger --data.total_frames",
-                file=sys.stderr,
-            )
-    notice = budget_notice(cli.data.total_frames, cli.data.prefill_frames, resume.env_frames if resume else 0)
-    if notice is not None:
-        print(notice, file=sys.stderr)
-    run_id = start_run(cli, resume)
-    size_threads(cli.trainer)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume.path if resume else None)
-    if cli.trainer.is_global_zero:
-        print_summary(cli, run_id)
-    return 0
+    if frames >= cli.data.total_frames:
+        print(
+            f"hwm: the checkpoint has spent the frame budget ({frames} >= data.total_frames "
+            f"{cli.data.total_frames}): nothing to train; pass a larger --data.total_frames",
+            file=sys.stderr,
+        )
 
 
 def print_summary(cli: HwmCLI, run_id: str | None) -> None:
@@ -134,10 +161,17 @@ def print_summary(cli: HwmCLI, run_id: str | None) -> None:
     print("\n".join(summary.lines()), file=sys.stderr)
 
 
-def start_run(cli: HwmCLI, resume: Resume | None) -> str | None:
-    """Records the run in MLflow (rank 0) and points the checkpoints at the run's folder; the run's id."""
+def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str | None]:
+    """Takes the run folder's lock, records the run in MLflow (rank 0) and points the checkpoints at the
+    run's folder; returns the lock (held until the process ends or releases it) and the MLflow run's id."""
+    from hwm.checkpoints.lock import RunLock
+    from hwm.checkpoints.preemption import slurm_job_id
     from hwm.cli.run_log import ResumeRecord, log_run
 
+    lock = None
+    if resume is not None and cli.trainer.is_global_zero:
+        # Before anything is written: a second process on the same run is refused here.
+        lock = RunLock(resume.path.parent).acquire()
     config = cli.config_yaml()
     run_id = None
     if cli.trainer.is_global_zero:
@@ -153,14 +187,17 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> str | None:
         )
     checkpoint = cli.periodic_checkpoint()
     if checkpoint is None:
-        return run_id
+        return lock, run_id
     if resume is not None:
         run_dir = resume.path.parent
     else:
         run_dir = Path(checkpoint.dirpath) / str(run_id or f"run-{os.getpid()}")
+        if cli.trainer.is_global_zero:
+            lock = RunLock(run_dir).acquire()
     tracking = cli.config.get("trainer.logger.init_args.tracking_uri") if run_id is not None else None
-    checkpoint.start_run(run_dir, {"run_id": run_id, "tracking_uri": tracking, "config": config})
-    return run_id
+    info = {"run_id": run_id, "tracking_uri": tracking, "slurm_job": slurm_job_id(), "config": config}
+    checkpoint.start_run(run_dir, info)
+    return lock, run_id
 
 
 def size_threads(trainer: Trainer) -> None:

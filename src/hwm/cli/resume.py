@@ -13,6 +13,7 @@ import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
 from hwm.checkpoints.io import HWM_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
+from hwm.checkpoints.preemption import slurm_job_id
 from hwm.checkpoints.replay_archive import ReplayArchive
 from hwm.checkpoints.validate import (
     IGNORED_KEYS,
@@ -20,6 +21,7 @@ from hwm.checkpoints.validate import (
     config_changes,
     describe,
     flatten,
+    job_checkpoint,
     resolve_ckpt_path,
     split_changes,
 )
@@ -42,6 +44,8 @@ class Resume:
     applied: list[tuple[str, Any, Any]]
     # Config-file values the checkpoint's own settings took precedence over: (key, file, checkpoint).
     shadowed: list[tuple[str, Any, Any]] = field(default_factory=list)
+    # The SLURM job that wrote it, when a requeued job found its own checkpoint (no --ckpt_path given).
+    requeued_job: str | None = None
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -91,9 +95,13 @@ def build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
         args, ckpt_arg = pop_flag(args, "--ckpt_path")
     except PrescanError as exc:
         raise ConfigError(f"{exc}: a .ckpt file, a run folder or 'last'") from exc
-    if ckpt_arg is None:
+    root = flag_value(args, "--checkpoint.dirpath") or "checkpoints"
+    job = slurm_job_id()
+    requeued = job_checkpoint(root, job) if ckpt_arg is None and job is not None else None
+    if ckpt_arg is None and requeued is None:
         return build_cli(args), None
-    path = resolve_ckpt_path(ckpt_arg, flag_value(args, "--checkpoint.dirpath") or "checkpoints")
+    # A requeued SLURM job runs its script again: it continues its own run (``--ckpt_path last`` of it).
+    path = requeued if requeued is not None else resolve_ckpt_path(str(ckpt_arg), root)
     checkpoint = load_for_resume(path)
     saved = {k: v for k, v in yaml.safe_load(checkpoint[HWM_KEY]["config"]).items() if k not in IGNORED_KEYS}
     try:
@@ -113,6 +121,7 @@ def build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
         cli = build_cli([*files, "--config", str(base), *overrides])
     resume = check_resume(cli, path, checkpoint)
     resume.shadowed = _shadowed(config_paths(files), overrides, saved)
+    resume.requeued_job = job if requeued is not None else None
     return cli, resume
 
 
@@ -143,7 +152,9 @@ def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:
             ) from exc
         history = client.get_metric_history(run_id, "progress/env_frames")
         # Steps the interrupted process logged after this checkpoint are not logged a second time.
-        cli.agent.resume_logging_after(max((m.step for m in history), default=-1))
+        logged = max((m.step for m in history), default=-1)
+        cli.agent.resume_logging_after(logged)
+        cli.tracking().skip_until(logged)
     io = cli.trainer.strategy.checkpoint_io
     if isinstance(io, AtomicCheckpointIO):
         io.preload(path, checkpoint)

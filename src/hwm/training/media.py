@@ -7,11 +7,14 @@ their difference. It shows at a glance what the model has (and hasn't) learned a
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from hwm.models.world_model import WorldModel
@@ -99,3 +102,14 @@ def render_evaluation(
         grid = open_loop(world_model, obs, episode.action[: obs.shape[0] - 1], context=context)
         paths.append(write_gif(grid, out_dir / f"open_loop_{frames:09d}.gif", fps=8))
     return paths
+
+
+def log_media(logger: MLFlowLogger, world_model: WorldModel, recorded: list[EvalEpisode]) -> None:
+    """Renders recorded evaluation episodes as GIF artifacts under ``media/`` of the logger's run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for episode in recorded:
+            for path in render_evaluation(world_model, episode, Path(tmp)):
+                try:
+                    logger.experiment.log_artifact(logger.run_id, str(path), "media")
+                except Exception as exc:  # a tracking outage costs a video, never the run
+                    rank_zero_warn(f"hwm: evaluation video {path.name} not logged (tracking store: {exc})")

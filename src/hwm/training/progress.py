@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hwm.training.stream import AgentProgress, Stream
+from hwm.training.stream import AgentProgress, Stream, TrackingStatus
 
 # Lightning's own logger: its console handler prints rank_zero_info lines, hwm's notices among them.
 LIGHTNING_LOG = "lightning.pytorch"
@@ -29,10 +29,12 @@ class FrameProgressBar(TQDMProgressBar):
         # While the bar is shown, Lightning's log lines (hwm's checkpoint notices among them) go through
         # tqdm.write, which clears the bar, prints the line and redraws it, instead of into the bar's line.
         self._redirect = ExitStack()
+        self._tracking: TrackingStatus | None = None
 
-    def attach(self, stream: Stream, agent: AgentProgress) -> None:
-        """Where the bar's numbers come from: frames from the stream, updates and returns from the agent."""
-        self._stream, self._agent = stream, agent
+    def attach(self, stream: Stream, agent: AgentProgress, tracking: TrackingStatus | None = None) -> None:
+        """Where the bar's numbers come from: frames from the stream, updates and returns from the agent,
+        the tracking server's state from the metric buffer."""
+        self._stream, self._agent, self._tracking = stream, agent, tracking
 
     def _frames(self) -> int:
         return int(self._stream.counters.get("env_frames", 0)) if self._stream is not None else 0
@@ -83,6 +85,8 @@ class FrameProgressBar(TQDMProgressBar):
             value = shown.get(key)
             if value is not None:
                 postfix[label] = f"{value:.1f}"
+        if self._tracking is not None and self._tracking.offline:
+            postfix["tracking"] = f"offline, {self._tracking.buffered} steps buffered"
         bar.set_postfix(postfix, refresh=False)
         bar.refresh()
 

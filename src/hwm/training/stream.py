@@ -41,6 +41,11 @@ class Stream(Protocol):
         """Time spent collecting, replaying and evaluating."""
         ...
 
+    @property
+    def stream_finished(self) -> bool:
+        """True once the frame budget is spent (a run that ends before stopped early)."""
+        ...
+
     def pop_metrics(self) -> dict[str, float]:
         """Metrics gathered since the last call (train and eval returns, success rates, ...)."""
         ...
@@ -59,11 +64,6 @@ class CheckpointedStream(Stream, Protocol):
         ...
 
     @property
-    def stream_finished(self) -> bool:
-        """True once the frame budget is spent."""
-        ...
-
-    @property
     def replay_files(self) -> list[str]:
         """The replay chunk files (relative to the run folder) the last saved state needs."""
         ...
@@ -71,6 +71,22 @@ class CheckpointedStream(Stream, Protocol):
     def use_replay_dir(self, path: Path) -> None:
         """The run folder: saved states write their replay chunks under it, restored ones read them."""
         ...
+
+
+class MetricSink(Protocol):
+    """Where the agent writes its metrics (keyed by env frames): the tracking buffer."""
+
+    def write(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class TrackingStatus(Protocol):
+    """The tracking server as the metric buffer sees it, for the progress bar."""
+
+    @property
+    def offline(self) -> bool: ...
+
+    @property
+    def buffered(self) -> int: ...
 
 
 class PolicySource(Protocol):
