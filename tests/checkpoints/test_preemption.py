@@ -119,6 +119,9 @@ def test_sigterm_checkpoints_within_one_update_and_the_resume_finishes_the_run(
         steps = _steps(run, key)
         assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), f"{key}: steps {steps}"
     assert run.run.data.metrics["progress/env_frames"] == BUDGET
+    # No step dropped: the episode in flight when the signal came continued where it stood.
+    final = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["ReplayDataModule"]["counters"]["dropped_steps"] == 0
     # Every step an uninterrupted run logs is there: nothing was lost at the cut (tiny_run's budget is
     # longer; up to BUDGET the two log the same steps, and this one evaluates at its end too).
     frames = _steps(tiny_run, "progress/env_frames")

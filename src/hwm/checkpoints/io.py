@@ -36,6 +36,9 @@ class CheckpointError(ValueError):
 # refused, so a crafted checkpoint cannot execute code when someone resumes from it. Whatever a component
 # puts in its state_dict must be built from these (or plain types).
 SAFE_GLOBALS: tuple[Any, ...] = (
+    # Pickle protocol 2 (torch.save's) writes an empty bytes object as a call of ``bytes``: a constructor of
+    # plain data, whatever its arguments (env snapshots hold some).
+    bytes,
     np._core.multiarray._reconstruct,
     np._core.multiarray.scalar,
     np.ndarray,
