@@ -23,14 +23,21 @@ SHORT = ("--data.total_frames", "240", "--data.eval_episodes", "0")
     ("mode_args", "expected"),
     [
         pytest.param(("--model.harmonizer_mode", "rectified"), None, id="rectified"),
-        pytest.param(("--model.harmonizer_mode", "unrectified"), None, id="unrectified"),
+        # The other modes on V3 are the same harmonizer code as on V2 (tested in the default suite there).
+        pytest.param(
+            ("--model.harmonizer_mode", "unrectified"), None, id="unrectified", marks=pytest.mark.slow
+        ),
         pytest.param(
             ("--model.harmonizer_mode", "fixed", "--model.harmonizer_weights", "{reward: 2.0}"),
             {"obs": 1.0, "reward": 2.0, "dynamics": 1.0},
             id="fixed",
+            marks=pytest.mark.slow,
         ),
         pytest.param(
-            ("--model.harmonizer_mode", "off"), {"obs": 1.0, "reward": 1.0, "dynamics": 1.0}, id="off"
+            ("--model.harmonizer_mode", "off"),
+            {"obs": 1.0, "reward": 1.0, "dynamics": 1.0},
+            id="off",
+            marks=pytest.mark.slow,
         ),
     ],
 )
