@@ -69,6 +69,8 @@ def test_runs_past_the_budget_are_reported_not_started(tmp_path: Path, capsys: p
     assert capsys.readouterr().out.count("FAILED: not started") == 4
 
 
+# Slow: a real fit; tests/tools/test_wheelhouse_install.py (slow) also runs the whole CPU self-check.
+@pytest.mark.slow
 def test_one_cpu_run_writes_throughputs_json_line(tmp_path: Path) -> None:
     """The self-check's run of throughput.py from a wheelhouse's layout (installed from it: the slow test)."""
     for dest, src in wh.SELFCHECK_FILES.items():
