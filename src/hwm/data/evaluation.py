@@ -14,6 +14,7 @@ from tensordict import TensorDictBase
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 from torchrl.envs.utils import set_exploration_type
 
+from hwm.envs import reward_factors
 from hwm.envs.common import SUCCESS_KEY, EnvInfo
 from hwm.envs.suites import EnvConfig
 from hwm.models.policy import DreamerPolicy
@@ -80,11 +81,13 @@ class Evaluator:
         seed = self.seed + 1000 + int(episodes_so_far)
         record = frames >= self.next_video
         returns, successes, recorded = [], [], None
+        explained: list[dict[str, float]] = []
         with set_exploration_type(policy.eval_exploration):
             for first in range(0, self.episodes, self.envs):
                 seeds = [seed + j for j in range(first, min(first + self.envs, self.episodes))]
                 for i, rollout in enumerate(self._episodes(policy, env_factory, seeds)):
                     returns.append(float(rollout.get(("next", "reward")).sum()))
+                    explained.append(self._explain(rollout))
                     if self.info.has_success:
                         successes.append(float(rollout.get(("next", SUCCESS_KEY))[-1].max()))
                     if record and first + i == 0:
@@ -96,11 +99,33 @@ class Evaluator:
             "eval/return_std": float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0,
             "time/eval_s": time.perf_counter() - start,
         }
+        for key in explained[0]:
+            metrics[key] = sum(e[key] for e in explained) / len(explained)
         if successes:
             metrics["eval/success_rate"] = sum(successes) / len(successes)
         if self.info.score_range is not None:
             metrics["eval/human_normalized_score"] = self.info.normalized(mean)
         return metrics, recorded
+
+    def _explain(self, rollout: TensorDictBase) -> dict[str, float]:
+        """What explains an episode's return: its mean |action| (continuous actions) and, where the env
+        reports them, the episode means of the reward's factors (``hwm.envs.reward_factors``)."""
+        out: dict[str, float] = {}
+        if not self.info.discrete:
+            out["eval/action_abs_mean"] = float(rollout.get("action").float().abs().mean())
+        factors = self._factors
+        if factors is not None and (("next", reward_factors.REWARD_FACTORS_KEY) in rollout.keys(True)):
+            means = rollout.get(("next", reward_factors.REWARD_FACTORS_KEY)).float().mean(0)
+            out.update(
+                {f"eval/reward_factor_{n}": float(v) for n, v in zip(factors.names, means, strict=True)}
+            )
+        return out
+
+    @functools.cached_property
+    def _factors(self) -> reward_factors.RewardFactors | None:
+        if self.env_config.suite not in ("dmc", "distracted_dmc"):
+            return None
+        return reward_factors.for_task(self.env_config.task)
 
     def _episodes(
         self, policy: DreamerPolicy, env_factory: Callable[[int], EnvBase], seeds: list[int]
