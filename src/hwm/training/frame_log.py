@@ -20,6 +20,10 @@ class FrameLog:
     up to ``floor`` are already in the run (a resumed run whose killed process logged past its checkpoint):
     they are not written again. The metrics of the current step may still grow (a final evaluation at
     these frames), so a checkpoint carries them (``state_dict``) instead of writing them early.
+
+    ``progress/train_minutes`` is the run's wall-clock time: this process's since it was built plus, for a
+    resumed run, the earlier processes' up to the checkpoint it resumed (work redone after a crash counts
+    once, the time the run was down not at all), so minutes-to-a-score compare across interrupted runs.
     """
 
     def __init__(self) -> None:
@@ -28,6 +32,8 @@ class FrameLog:
         self.floor = -1
         self.bar_metrics: dict[str, float] = {}
         self._last: tuple[float, int] | None = None
+        self._started = time.perf_counter()
+        self._elapsed_before = 0.0
 
     def skip_until(self, step: int) -> None:
         """Steps up to ``step`` are already in the run: they are not written again."""
@@ -51,6 +57,7 @@ class FrameLog:
         merged["progress/updates"] = updates
         merged["progress/env_frames"] = frames
         merged["progress/episodes"] = episodes
+        merged["progress/train_minutes"] = self.elapsed_s(now) / 60.0
         flat = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in merged.items()}
         if frames != self.step:
             self.flush(write)
@@ -64,8 +71,13 @@ class FrameLog:
         if metrics and self.step > self.floor:
             write(metrics, self.step)
 
+    def elapsed_s(self, now: float | None = None) -> float:
+        """Seconds of the run's wall-clock so far (earlier processes' included)."""
+        return self._elapsed_before + (time.perf_counter() if now is None else now) - self._started
+
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "metrics": dict(self.pending)}
+        return {"step": self.step, "metrics": dict(self.pending), "elapsed_s": self.elapsed_s()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step, self.pending = state["step"], dict(state["metrics"])
+        self._elapsed_before = float(state.get("elapsed_s", 0.0))
