@@ -103,8 +103,8 @@ def fresh(job: Job) -> None:
         (job.folder / name).unlink(missing_ok=True)
 
 
-def run_all(jobs: Sequence[Job], parallel: int, extra: Sequence[str]) -> None:
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+def run_all(jobs: Sequence[Job], parallel: int, extra: Sequence[str], threads: int | None = None) -> None:
+    threads = threads or max(1, (os.cpu_count() or 1) // parallel)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}  # fmt: skip
     pending = list(jobs)
@@ -314,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--frames", type=int, default=500_000, help="env frames per run")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (cores are shared out)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: cores / --parallel)")
     parser.add_argument("--marks", type=int, nargs="+", default=list(CHECKPOINTS), help="frames reported")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "learning")
     parser.add_argument(
@@ -334,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.report_only:
         if not jobs:
             parser.error("name at least one --task (or use --report-only)")
-        run_all(jobs, args.parallel, args.extra)
+        run_all(jobs, args.parallel, args.extra, args.threads)
     report(discover(out), out, args.marks)
     print(f"wrote {out / 'summary.json'} and {out / 'aggregates.json'}")
 
