@@ -3,6 +3,8 @@
     python benchmarks/learn_dmc.py --task cartpole-balance --seeds 0 1 2 3 4 --parallel 2
     python benchmarks/learn_dmc.py --task cartpole-swingup --seeds 0 1 2 --parallel 2
     python benchmarks/learn_dmc.py --report-only          # redraw everything from the finished runs
+    python benchmarks/learn_dmc.py --task cartpole-balance --seeds 1 --frames 100000 --variant ent3e-3 \
+        -- --model.actor_critic.init_args.actor_entropy 3e-3      # a variant: the preset with other settings
 
 Each (task, seed) is its own `hwm fit --config <the task's preset> --seed_everything N --data.seed N` in
 `--out/<task>/seed<N>/` (its MLflow store, checkpoints and log), `--parallel` of them at a time with the
@@ -22,6 +24,11 @@ Writes, under `--out`:
 - `<task>/seed<N>/curve.csv` (env frames, minutes, evaluation return, mean |action|, reward factors) and
   `<task>/learning_curves.png`: every seed's curve against env frames, over the published DreamerV3 (states)
   and D4PG curves, and against wall-clock minutes.
+
+A `--variant NAME` runs the preset with the `hwm fit` arguments given after `--` (an ablation, another
+harmonizer mode) in `--out/variants/NAME/<task>/seed<N>/`; variants are summed up in `variants.json` (the
+same numbers per variant, with the arguments that define it) and plotted beside their folders, never mixed
+into `summary.json`.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class Job:
     folder: Path
     config: Path
     frames: int
+    variant: str | None = None
 
     @property
     def uri(self) -> str:
@@ -150,13 +158,12 @@ def run_all(jobs: Sequence[Job], parallel: int, extra: Sequence[str], threads: i
 
 
 def latest_run(job: Job) -> Any:
+    """The newest run of the job's store (a store holds one run, continued across resumes)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=job.uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
     return runs[0] if runs else None
 
 
@@ -189,6 +196,11 @@ def read_curve(job: Job) -> list[dict[str, float]]:
     rid = run.info.run_id
     returns = history(job, rid, "eval/return")
     minutes = history(job, rid, "progress/train_minutes")
+    if not minutes:  # runs from before the metric existed: wall-clock since the run's start
+        from mlflow.tracking import MlflowClient
+
+        rows = MlflowClient(tracking_uri=job.uri).get_metric_history(rid, "eval/return")
+        minutes = {int(m.step): (m.timestamp - run.info.start_time) / 60000.0 for m in rows}
     explain = {k: history(job, rid, k) for k in EXPLAIN}
     rows = []
     for frames in sorted(returns):
@@ -233,7 +245,7 @@ def aggregate(
     return out
 
 
-def plot_task(task: str, curves: dict[int, list[dict[str, float]]], out: Path) -> None:
+def plot_task(task: str, curves: dict[int, list[dict[str, float]]], out: Path, title: str = "hwm") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,13 +254,16 @@ def plot_task(task: str, curves: dict[int, list[dict[str, float]]], out: Path) -
     from hwm.experiments.dmc_scores import load_dmc_reference
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for method, color in (("dreamerv3", "black"), ("d4pg", "grey")):
+    for method, style in (
+        ("dreamerv3", {"color": "black", "ls": "-"}),
+        ("d4pg", {"color": "grey", "ls": ":"}),
+    ):
         ref = load_dmc_reference(method, task)
         if ref is None:
             continue
         for i, (xs, ys) in enumerate(ref.runs):
             keep = [(x, y) for x, y in zip(xs, ys, strict=True) if x <= 520_000]
-            ax1.plot([x / 1000 for x, _ in keep], [y for _, y in keep], color=color, lw=0.8, alpha=0.35,
+            ax1.plot([x / 1000 for x, _ in keep], [y for _, y in keep], lw=0.8, alpha=0.45, **style,
                      label=f"{ref.label} ({len(ref.runs)} seeds)" if i == 0 else None)  # fmt: skip
     for i, (seed, curve) in enumerate(sorted(curves.items())):
         frames = [r["frames"] / 1000 for r in curve]
@@ -263,14 +278,17 @@ def plot_task(task: str, curves: dict[int, list[dict[str, float]]], out: Path) -
         ax.set_ylim(0, 1010)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    ax1.set(xlabel="env frames (thousands)", title=f"{task} from states: hwm vs published")
+    ax1.set(xlabel="env frames (thousands)", title=f"{task} from states: {title} vs published")
     ax2.set(xlabel="wall-clock minutes (this machine)", title="against the clock")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
-def report(jobs: Sequence[Job], out: Path, marks: Sequence[int] = CHECKPOINTS) -> dict[str, Any]:
+def _results(
+    jobs: Sequence[Job], marks: Sequence[int]
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[int, list[dict[str, float]]]]]:
+    """Per task: each seed's summary entry and its curve (writing the curve's CSV beside the run)."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     curves: dict[str, dict[int, list[dict[str, float]]]] = {}
     for job in jobs:
@@ -280,28 +298,55 @@ def report(jobs: Sequence[Job], out: Path, marks: Sequence[int] = CHECKPOINTS) -
         write_curve(job, curve)
         results.setdefault(job.task, {})[str(job.seed)] = seed_result(curve, marks)
         curves.setdefault(job.task, {})[job.seed] = curve
+    return results, curves
+
+
+def _commands(jobs: Sequence[Job], task: str) -> dict[str, list[str]]:
+    return {
+        str(j.seed): (j.folder / "commands.txt").read_text().splitlines()
+        for j in jobs
+        if j.task == task and (j.folder / "commands.txt").exists()
+    }
+
+
+def report(jobs: Sequence[Job], out: Path, marks: Sequence[int] = CHECKPOINTS) -> dict[str, Any]:
+    preset = [j for j in jobs if j.variant is None]
+    results, curves = _results(preset, marks)
     summary = {"tasks": {task: {"seeds": seeds} for task, seeds in results.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     aggregates = aggregate(results, marks)
     for task in aggregates:
-        aggregates[task]["commands"] = {
-            str(j.seed): (j.folder / "commands.txt").read_text().splitlines()
-            for j in jobs
-            if j.task == task and (j.folder / "commands.txt").exists()
-        }
+        aggregates[task]["commands"] = _commands(preset, task)
     (out / "aggregates.json").write_text(json.dumps(aggregates, indent=2) + "\n")
     for task, by_seed in curves.items():
         plot_task(task, by_seed, out / task / "learning_curves.png")
+    variants: dict[str, Any] = {}
+    for name in sorted({j.variant for j in jobs if j.variant is not None}):
+        mine = [j for j in jobs if j.variant == name]
+        results, curves = _results(mine, marks)
+        variants[name] = aggregate(results, marks)
+        for task, by_seed in curves.items():
+            variants[name][task]["seeds"] = results[task]
+            variants[name][task]["commands"] = _commands(mine, task)
+            plot_task(task, by_seed, mine[0].folder.parents[1] / task / "learning_curves.png", title=name)
+    if variants:
+        (out / "variants.json").write_text(json.dumps(variants, indent=2) + "\n")
     return summary
 
 
+def job_folder(out: Path, task: str, seed: int, variant: str | None) -> Path:
+    base = out if variant is None else out / "variants" / variant
+    return base / task / f"seed{seed}"
+
+
 def discover(out: Path) -> list[Job]:
-    """Every (task, seed) folder already under ``out`` (for --report-only without --task)."""
+    """Every run folder already under ``out``, the preset's and the variants' (what the report reads)."""
     jobs = []
-    for folder in sorted(out.glob("*/seed*")):
+    for folder in sorted([*out.glob("*/seed*"), *out.glob("variants/*/*/seed*")]):
         if (folder / "mlflow.db").exists():
             task, seed = folder.parent.name, int(folder.name[4:])
-            jobs.append(Job(task, seed, folder, PRESETS.get(task, Path()), 0))
+            variant = folder.parents[1].name if folder.parents[2].name == "variants" else None
+            jobs.append(Job(task, seed, folder, PRESETS.get(task, Path()), 0, variant))
     return jobs
 
 
@@ -314,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--frames", type=int, default=500_000, help="env frames per run")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (cores are shared out)")
+    parser.add_argument("--variant", help="name of the variant the arguments after -- define")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: cores / --parallel)")
     parser.add_argument("--marks", type=int, nargs="+", default=list(CHECKPOINTS), help="frames reported")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "learning")
@@ -327,11 +373,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.parallel < 1:
         parser.error("--parallel must be >= 1")
     tasks = args.task or []
+    if args.extra and not args.variant:
+        parser.error("arguments after -- change the preset: name the variant they define (--variant NAME)")
     jobs = [
-        Job(t, s, out / t / f"seed{s}", (args.config or PRESETS[t]).resolve(), args.frames)
+        Job(t, s, job_folder(out, t, s, args.variant), (args.config or PRESETS[t]).resolve(), args.frames,
+            args.variant)
         for t in tasks
         for s in args.seeds
-    ]
+    ]  # fmt: skip
     if not args.report_only:
         if not jobs:
             parser.error("name at least one --task (or use --report-only)")

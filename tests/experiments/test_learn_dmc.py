@@ -106,3 +106,16 @@ def test_an_interrupted_benchmark_resumes_its_run_and_keeps_finished_ones(tmp_pa
     bench = _start(tmp_path)  # a third time: nothing left to run
     out, _ = bench.communicate(timeout=120)
     assert bench.returncode == 0 and "finished earlier: kept" in out, out
+
+
+def test_variants_live_apart_from_the_preset_and_must_be_named(tmp_path: Path) -> None:
+    assert learn.job_folder(tmp_path, "cartpole-balance", 3, None) == tmp_path / "cartpole-balance" / "seed3"
+    folder = learn.job_folder(tmp_path, "cartpole-balance", 3, "ent3e-3")
+    assert folder == tmp_path / "variants" / "ent3e-3" / "cartpole-balance" / "seed3"
+    for f in (folder, learn.job_folder(tmp_path, "cartpole-swingup", 0, None)):
+        f.mkdir(parents=True)
+        (f / "mlflow.db").touch()
+    found = {(j.task, j.seed, j.variant) for j in learn.discover(tmp_path)}
+    assert found == {("cartpole-balance", 3, "ent3e-3"), ("cartpole-swingup", 0, None)}
+    with pytest.raises(SystemExit):  # extra hwm fit arguments without a variant name are refused
+        learn.main(["--task", "cartpole-balance", "--out", str(tmp_path), "--", "--model.actor_lr", "1e-3"])
