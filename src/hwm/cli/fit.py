@@ -23,7 +23,7 @@ from hwm.checkpoints.callback import PeriodicCheckpoint
 from hwm.checkpoints.io import AtomicCheckpointIO
 from hwm.checkpoints.preemption import Preemption
 from hwm.cli.errors import ConfigError, explain_parse_error, one_line
-from hwm.cli.prescan import last_value
+from hwm.config.prescan import last_value
 from hwm.data.datamodule import ReplayDataModule
 from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, default_run_name
 from hwm.models import presets

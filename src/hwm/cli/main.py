@@ -76,9 +76,9 @@ def fit(args: list[str]) -> int:
     from hwm.checkpoints.lock import RunFolderLocked
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
-    from hwm.cli.prescan import flag_value
     from hwm.cli.resume import build_or_resume
     from hwm.cli.summary import budget_notice
+    from hwm.config.prescan import flag_value
     from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
     try:

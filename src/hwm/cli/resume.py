@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
+from hwm.checkpoints.class_paths import upgrade_class_paths
 from hwm.checkpoints.io import HWM_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
 from hwm.checkpoints.preemption import slurm_job_id
 from hwm.checkpoints.replay_archive import ReplayArchive
@@ -27,10 +28,16 @@ from hwm.checkpoints.validate import (
 )
 from hwm.cli.errors import ConfigError
 from hwm.cli.fit import HwmCLI, build_cli
-from hwm.cli.prescan import PrescanError, config_paths, flag_value, pop_flag, read_config, split_config_files
 from hwm.cli.run_match import OtherRunError, check_same_run, same_value
+from hwm.config.prescan import (
+    PrescanError,
+    config_paths,
+    flag_value,
+    pop_flag,
+    read_config,
+    split_config_files,
+)
 from hwm.data.datamodule import ReplayDataModule
-from hwm.experiments.tracking import upgrade_class_paths
 
 RUN_ID_KEY = "--trainer.logger.init_args.run_id"
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from hwm.envs.atari_scores import atari100k_game, human_normalized_score
 from hwm.experiments import scores
-from hwm.experiments.compare import log_summary, write_file
+from hwm.experiments.outputs import log_summary, write_file
 from hwm.experiments.plots import curve_grid, group_curve, plot_intervals
 from hwm.experiments.runs import CompareError, RunCurve, groups, load_runs, search_runs
 

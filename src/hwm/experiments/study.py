@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from hwm.cli.prescan import last_value
+from hwm.config.prescan import last_value
 from hwm.experiments.compare import DEFAULT_GROUP_BY
 from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, STUDY_TAG
 
