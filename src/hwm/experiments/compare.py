@@ -100,7 +100,11 @@ def format_table(stats: Sequence[GroupStats], *, group_by: str, metric: str) -> 
     header = [group_by, "runs", f"final {metric}", f"best {metric}", "IQM [95% CI]", "env frames"]
     rows = []
     for s in stats:
-        ci = f"[{num(s.ci_low)}, {num(s.ci_high)}]" if s.ci_low is not None else "[n/a]"
+        ci = (
+            f"[{num(s.ci_low)}, {num(s.ci_high)}]"
+            if s.ci_low is not None and s.ci_high is not None
+            else "[n/a]"
+        )
         frames = str(s.frames_min) if s.frames_min == s.frames_max else f"{s.frames_min}-{s.frames_max}"
         rows.append(
             [

@@ -193,6 +193,7 @@ def plot_task_curves(
     Published curves are drawn dashed, mean over the authors' seeds with the same kind of band, on the
     same env-frame axis; ``normalized`` puts them in human-normalised units (for ``eval/human_normalized_score``).
     """
+    from matplotlib.artist import Artist
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
     from matplotlib.ticker import FuncFormatter
 
@@ -235,7 +236,7 @@ def plot_task_curves(
         ax.set_visible(False)
     for ax in axes[(rows - 1) * cols :]:
         ax.set_xlabel("env frames", fontsize=8)
-    handles: dict[str, object] = {}
+    handles: dict[str, Artist] = {}
     for ax in axes[: len(tasks)]:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, h)
@@ -243,7 +244,14 @@ def plot_task_curves(
     ncol = min(4, max(len(handles), 1))
     legend_h = 0.25 * math.ceil(len(handles) / ncol) + 0.1 if handles else 0.0  # inches
     if handles:
-        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+        fig.legend(
+            handles.values(),
+            handles.keys(),
+            loc="lower center",
+            ncol=ncol,
+            fontsize=8,
+            frameon=False,
+        )
     fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     return path
