@@ -78,7 +78,7 @@ def test_server_gone_for_good_files_a_stop_and_close_does_not_hang() -> None:
 
 def test_resume_sends_what_the_checkpoint_had_not_sent() -> None:
     logger, buffer = _FlakyLogger(), TrackingBuffer()
-    buffer.attach(logger)
+    buffer.attach(logger, StopRequests())
     buffer.skip_until(2)  # the store already has steps up to 2
     buffer.load_state_dict({"unsent": [[2, {"a": 2.0}], [3, {"a": 3.0}]]})
     buffer.write({"a": 4.0}, 4)

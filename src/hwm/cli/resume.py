@@ -13,7 +13,7 @@ import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
 from hwm.checkpoints.class_paths import upgrade_class_paths
-from hwm.checkpoints.io import HWM_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
+from hwm.checkpoints.io import HWM_KEY, CheckpointError, read_checkpoint
 from hwm.checkpoints.preemption import slurm_job_id
 from hwm.checkpoints.replay_archive import ReplayArchive
 from hwm.checkpoints.validate import (
@@ -29,6 +29,7 @@ from hwm.checkpoints.validate import (
 from hwm.cli.errors import ConfigError
 from hwm.cli.fit import HwmCLI, build_cli
 from hwm.cli.run_match import OtherRunError, check_same_run, same_value
+from hwm.cli.wiring import wire_resume
 from hwm.config.prescan import (
     PrescanError,
     config_paths,
@@ -145,6 +146,7 @@ def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:
     check_state_dict(checkpoint, cli.agent)
     resume = Resume(path, checkpoint, applied)
     run_id = resume.meta["run_id"]
+    logged = None
     if run_id is not None and isinstance(cli.trainer.logger, MLFlowLogger):
         import mlflow
 
@@ -160,11 +162,7 @@ def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:
         history = client.get_metric_history(run_id, "progress/env_frames")
         # Steps the interrupted process logged after this checkpoint are not logged a second time.
         logged = max((m.step for m in history), default=-1)
-        cli.agent.resume_logging_after(logged)
-        cli.tracking().skip_until(logged)
-    io = cli.trainer.strategy.checkpoint_io
-    if isinstance(io, AtomicCheckpointIO):
-        io.preload(path, checkpoint)
+    wire_resume(cli.agent, cli.callbacks, cli.trainer.strategy.checkpoint_io, path, checkpoint, logged)
     return resume
 
 
