@@ -127,6 +127,10 @@ class PeriodicCheckpoint(Checkpoint):
         # checkpoint: this one would be newer than the last good state).
         if not self._stream.at_collect_boundary or trainer.should_stop:
             return
+        if self.save_on_train_end and self._stream.counters.get("env_frames", 0) >= self._stream.total_frames:
+            # The last update: the stream ends with its final evaluation next, and on_train_end saves the
+            # state with it. A save now would be the same update written twice.
+            return
         updates = self._agent.updates
         by_updates = self.every_updates and updates - self._last_attempt >= self.every_updates
         by_time = self.every_minutes and time.monotonic() - self._last_time >= self.every_minutes * 60
