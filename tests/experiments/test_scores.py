@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from hwm.envs.atari_scores import ATARI100K_SCORES, atari100k_game, human_normalized_score
 from hwm.experiments import scores
 

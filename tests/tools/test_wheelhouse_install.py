@@ -15,6 +15,7 @@ from tool_loader import TOOLS, node_like_venv
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(2400)  # a build and an install from the package index, then four CPU runs
 def test_wheelhouse_installs_offline_and_self_checks_on_cpu(tmp_path: Path) -> None:
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     wheelhouse = tmp_path / "wheelhouse"

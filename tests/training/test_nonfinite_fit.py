@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_CONFIG, TINY_EXPERIMENT
+from helpers import TINY_CONFIG, TINY_EXPERIMENT
 from hwm.models.world_model import WorldModel
 from hwm.training.stop import EXIT_NONFINITE
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_CONFIG, LoggedRun, fit_and_load
+from helpers import REPO_ROOT, TINY_CONFIG, LoggedRun, fit_and_load, load_script
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
@@ -98,10 +98,8 @@ def test_time_split_is_logged(tiny_run: LoggedRun) -> None:
 
 def test_throughput_benchmark_reports_one_json_line(tmp_path: Path, monkeypatch, capsys) -> None:
     import json
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-    import throughput
+    throughput = load_script(REPO_ROOT / "benchmarks" / "throughput.py")
 
     monkeypatch.chdir(tmp_path)
     assert (
