@@ -169,9 +169,23 @@ def test_sigusr1_under_slurm_requeues_and_the_requeued_job_resumes_itself(
 
     # SLURM runs the same script again: no --ckpt_path, the job finds its own run.
     again = subprocess.run(
-        [sys.executable, "-m", "hwm.cli", "fit", "--config", str(TINY_CONFIG), "--checkpoint.every_updates", "10"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hwm.cli",
+            "fit",
+            "--config",
+            str(TINY_CONFIG),
+            "--checkpoint.every_updates",
+            "10",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert again.returncode == 0, describe(again)
     assert "SLURM job 4242 was requeued: continuing its run" in again.stderr
     from mlflow.tracking import MlflowClient

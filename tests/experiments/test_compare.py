@@ -194,10 +194,20 @@ def test_compare_writes_valid_plots_and_logs_them_to_a_summary_run(compared, stu
 def test_compare_any_metric_and_groups_of_one_run(study: TinyStudy, tmp_path: Path, capsys) -> None:
     code = compare.main(
         [
-            "--experiment", TINY_EXPERIMENT, "--tracking-uri", study.uri, "--metric", "harmonizer/weight_reward",
-            "--filter", "params.`data.seed` = '0'", "--out", str(tmp_path), "--reps", "200",
+            "--experiment",
+            TINY_EXPERIMENT,
+            "--tracking-uri",
+            study.uri,
+            "--metric",
+            "harmonizer/weight_reward",
+            "--filter",
+            "params.`data.seed` = '0'",
+            "--out",
+            str(tmp_path),
+            "--reps",
+            "200",
         ]
-    )  # fmt: skip
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "group 'off' has one run" in captured.err and "group 'rectified' has one run" in captured.err

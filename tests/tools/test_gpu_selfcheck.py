@@ -36,8 +36,11 @@ def test_gpu_plan_is_cheetah_v2_and_v3_s_in_fp32_and_bf16() -> None:
 def test_gpu_mode_without_cuda_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(TOOLS / "gpu_selfcheck.py"), "--no-install", "--wheelhouse", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu_selfcheck: error: torch ")

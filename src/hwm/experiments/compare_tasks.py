@@ -221,8 +221,10 @@ def plot_task_curves(
             values = ref.curves[task]
             if normalized:
                 values = np.asarray(human_normalized_score(task, values))
-            seeds = [RunCurve(f"{ref.key}/{i}", ref.key, ref.label, ref.steps, v, int(ref.steps[-1]))
-                     for i, v in enumerate(values)]  # fmt: skip
+            seeds = [
+                RunCurve(f"{ref.key}/{i}", ref.key, ref.label, ref.steps, v, int(ref.steps[-1]))
+                for i, v in enumerate(values)
+            ]
             x, mean, lo, hi = group_curve(seeds, ref.steps.astype(np.float64), reps=reps, seed=seed)
             ax.plot(
                 x, mean, color=color, linestyle="--", linewidth=1.2, label=f"{ref.label} (n={len(seeds)})"
