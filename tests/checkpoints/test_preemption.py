@@ -128,6 +128,7 @@ def test_one_ctrl_c_checkpoints_and_exits_75(tmp_path: Path, mlflow_db_template:
 
 
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_second_ctrl_c_stops_at_once(tmp_path: Path, mlflow_db_template: Path) -> None:
     shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
     fit = _start(tmp_path)
@@ -142,6 +143,7 @@ def test_second_ctrl_c_stops_at_once(tmp_path: Path, mlflow_db_template: Path) -
 
 
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_sigusr1_under_slurm_requeues_and_the_requeued_job_resumes_itself(
     tmp_path: Path, mlflow_db_template: Path
 ) -> None:

@@ -241,6 +241,7 @@ def test_safe_override_is_applied(workdir: Path) -> None:
 # Slow (three Atari fits); the default suite checks the ALE snapshot continuing an episode bitwise
 # (tests/envs/test_snapshot.py) and the whole mid-episode resume on DMC (test_resume_is_bitwise_deterministic).
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_atari_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_template: Path) -> None:
     """The discrete path, and ALE's state (RNG included) and the no-op generator checkpointed mid-episode."""
     args = ["--config", str(TINY_CONFIG), "--data.suite", "atari", "--data.task", "pong", *DETERMINISM_ARGS]
@@ -254,6 +255,7 @@ def test_atari_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_template:
 
 
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_metaworld_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_template: Path) -> None:
     """MuJoCo's state, the goal generator and the task's Python-side episode state checkpointed."""
     args = [

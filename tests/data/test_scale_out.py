@@ -176,6 +176,7 @@ def test_four_parallel_pixel_envs(tmp_path: Path, mlflow_db_template: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_ddp_times_two_envs(tmp_path: Path, mlflow_db_template: Path) -> None:
     shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]

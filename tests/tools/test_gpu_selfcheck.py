@@ -74,6 +74,7 @@ def test_runs_past_the_budget_are_reported_not_started(tmp_path: Path, capsys: p
 
 # Slow: a real fit; tests/tools/test_wheelhouse_install.py (slow) also runs the whole CPU self-check.
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_one_cpu_run_writes_throughputs_json_line(tmp_path: Path) -> None:
     """The self-check's run of throughput.py from a wheelhouse's layout (installed from it: the slow test)."""
     for dest, src in wh.SELFCHECK_FILES.items():

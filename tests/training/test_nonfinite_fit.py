@@ -61,6 +61,7 @@ def test_a_few_nonfinite_updates_are_skipped_and_counted(
 
 
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_a_run_of_nonfinite_updates_stops_naming_the_last_good_checkpoint(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

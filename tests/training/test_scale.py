@@ -35,6 +35,7 @@ def test_bf16_mixed_fit_has_finite_losses(fit_tiny, base: str) -> None:
 
 
 @pytest.mark.slow  # model.compile is opt-in (off by default) and costs a minute of compiling on a CPU
+@pytest.mark.covers_alone
 def test_compiled_fit_trains_and_checkpoints_like_eager(fit_tiny, tmp_path: Path) -> None:
     run = fit_tiny("--model.compile", "true", "--model.base", "dreamerv3", "--data.total_frames", "240")
     assert run.run.data.params["model.compile"] == "True"

@@ -11,6 +11,7 @@ from helpers import TINY_CONFIG, TINY_EXPERIMENT, LoggedRun, MlflowServer, Watch
 
 
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_server_down_for_a_while_loses_no_metric(mlflow_server: MlflowServer, tiny_run: LoggedRun) -> None:
     server = mlflow_server
     workdir = server.workdir.parent / "fit"
@@ -45,6 +46,7 @@ def test_server_down_for_a_while_loses_no_metric(mlflow_server: MlflowServer, ti
 
 
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_server_gone_for_good_ends_the_run_with_a_checkpoint_and_the_resume_sends_the_rest(
     mlflow_server: MlflowServer, tiny_run: LoggedRun
 ) -> None:
