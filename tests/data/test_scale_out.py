@@ -34,7 +34,7 @@ TINY_WM = dict(deter=16, hidden=16, stoch=4, classes=4, cnn_depth=4, mlp_units=3
 TINY_AC = dict(units=32, layers=1, horizon=3)
 
 
-class FixedPolicy(TensorDictModuleBase):
+class FakeFixedPolicy(TensorDictModuleBase):
     """A deterministic policy of the observation alone: evaluation returns then depend on the env only."""
 
     eval_exploration = ExplorationType.DETERMINISTIC
@@ -52,7 +52,7 @@ class FixedPolicy(TensorDictModuleBase):
 @pytest.mark.parametrize("parallel", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_evaluation_together_returns_what_one_at_a_time_returns(parallel: bool) -> None:
     config = EnvConfig("dmc", "cartpole-swingup", False, 64, 4, 120)
-    policy = FixedPolicy()
+    policy = FakeFixedPolicy()
     runs = {}
     for envs in (1, 3):  # 5 episodes: 3 together, then 2 (one env idle)
         evaluator = Evaluator(
