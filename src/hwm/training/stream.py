@@ -118,6 +118,8 @@ class _Unwired:
         )
 
     def __getattr__(self, name: str) -> NoReturn:
+        if name.startswith("__"):  # copy, pickle and hasattr ask for optional hooks: say there are none
+            raise AttributeError(name)
         raise RuntimeError(object.__getattribute__(self, "_why"))
 
     def __setattr__(self, name: str, value: Any) -> NoReturn:
