@@ -2,7 +2,8 @@
 
     nox -s tests      # default test selection (pyproject deselects `slow`)
     nox -s slow       # the long-running tests only
-    nox -s lint       # ruff check + ruff format --check
+    nox -s slow_ci    # the long-running tests that alone cover a behaviour (CI runs them after `tests`)
+    nox -s lint       # ruff check + ruff format --check, mypy (types, the run's contracts), lint-imports (layers)
     nox -s fit        # hwm fit --config conf/dmc_cheetah.yaml (posargs replace the default)
 
 Virtualenvs are reused between runs (``nox.options.reuse_venv = "yes"``); pass ``--reuse-venv=no``
@@ -17,7 +18,7 @@ import subprocess
 
 import nox
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_venv = "yes"
 
 PYTHON = "3.11"
@@ -87,11 +88,27 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def slow_ci(session: nox.Session) -> None:
+    """The slow tests that alone cover a behaviour no default test does (marked ``covers_alone``)."""
+    _setup(session, extras="test")
+    session.run("pytest", "-m", "slow and covers_alone", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff>=0.6")
+    """ruff check and ruff format --check; mypy on src/ and the tests' fakes (every object against the
+    contracts it is handed as); lint-imports (the package layers of docs/architecture.md)."""
+    # No GL packages: nothing here renders. The project goes in because mypy reads torch's and Lightning's
+    # types (a base class it cannot see would hide every missing attribute of its subclasses).
+    if TORCH_INDEX_URL:
+        session.install(TORCH, "--index-url", TORCH_INDEX_URL)
+    else:
+        session.install(TORCH)
+    session.install("-e", ".[lint]")
     session.run("ruff", "check", *LINT_PATHS)
     session.run("ruff", "format", "--check", *LINT_PATHS)
+    session.run("mypy")  # files and settings: [tool.mypy] in pyproject.toml
+    session.run("lint-imports")  # contracts: [tool.importlinter] in pyproject.toml
 
 
 @nox.session(python=PYTHON)

@@ -1,32 +1,19 @@
-"""Shared fixtures: run the `hwm` CLI in a scratch directory and read back what it logged to MLflow."""
+"""Fixtures over the shared test machinery of helpers.py: a migrated MLflow store, tiny fits, an `mlflow
+server`, and the environment and torch threads each test leaves as it found them."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO_ROOT / "conf" / "tiny.yaml"
-TINY_EXPERIMENT = "hwm-tiny"  # trainer.logger.init_args.experiment_name in conf/tiny.yaml
+from helpers import TINY_CONFIG, LoggedRun, MlflowServer, fit_and_load
 
 # Before anything imports MuJoCo (hwm.cli sets the same default).
 os.environ.setdefault("MUJOCO_GL", "egl")
-
-
-def cli_env() -> dict[str, str]:
-    """Environment for `hwm` subprocesses: headless EGL rendering, one torch thread (the machine is shared
-    and the tiny model gains nothing from more), no colour codes."""
-    env = dict(os.environ)
-    env.update({"MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_COLOR": "1"})
-    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    return env
 
 
 @pytest.fixture(autouse=True)
@@ -38,83 +25,29 @@ def _restore_environ() -> Iterator[None]:
     os.environ.update(saved)
 
 
-@pytest.fixture
-def one_torch_thread_seeded() -> Iterator[None]:
-    """One torch thread and seed 0 for the duration of a test; the thread count is restored after."""
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """In-process fits size torch's threads (hwm.cli.main.size_threads); later tests get the count back."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
 
 
-RunHwm = Callable[..., subprocess.CompletedProcess]
-
-
-def _run_hwm(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hwm.cli", *map(str, args)],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.fixture
-def run_hwm() -> RunHwm:
-    """`run_hwm(args, cwd, timeout=300)`: runs `python -m hwm.cli ARGS` in `cwd`, returns the CompletedProcess."""
-    return _run_hwm
+def one_torch_thread_seeded() -> Iterator[None]:
+    """One torch thread and seed 0 for the duration of a test (the count is restored after every test)."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
 
 
 @pytest.fixture
 def tiny_config() -> Path:
     return TINY_CONFIG
-
-
-@dataclass
-class LoggedRun:
-    """One finished `hwm fit` subprocess and the MLflow run it logged."""
-
-    proc: subprocess.CompletedProcess
-    workdir: Path
-    client: object  # mlflow.tracking.MlflowClient
-    run: object  # mlflow.entities.Run
-
-    @property
-    def run_id(self) -> str:
-        return self.run.info.run_id
-
-    def history(self, key: str) -> list[tuple[int, float]]:
-        """(step, value) pairs of a metric, in logging order."""
-        metrics = self.client.get_metric_history(self.run_id, key)
-        return [(m.step, m.value) for m in sorted(metrics, key=lambda m: (m.timestamp, m.step))]
-
-
-def _describe(proc: subprocess.CompletedProcess) -> str:
-    return f"exit {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}\n--- stderr (tail) ---\n{proc.stderr[-6000:]}"
-
-
-def fit_and_load(
-    workdir: Path, args: Sequence[str], experiment: str = TINY_EXPERIMENT, timeout: float = 300
-) -> LoggedRun:
-    """Runs `hwm fit ARGS` in `workdir` and returns its only MLflow run (fails the test on a non-zero exit)."""
-    from mlflow.tracking import MlflowClient
-
-    proc = _run_hwm(["fit", *args], cwd=workdir, timeout=timeout)
-    assert proc.returncode == 0, _describe(proc)
-    db = workdir / "mlflow.db"
-    assert db.is_file(), f"no MLflow store at {db}\n{_describe(proc)}"
-    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"experiment {experiment!r} missing from {db}"
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 1, f"expected one run, found {len(runs)}"
-    return LoggedRun(proc=proc, workdir=workdir, client=client, run=runs[0])
 
 
 @pytest.fixture(scope="session")
@@ -147,3 +80,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> LoggedRun:
     """The default end-to-end run (conf/tiny.yaml, rectified harmonizers), trained once per session."""
     workdir = tmp_path_factory.mktemp("tiny_run")
     return fit_and_load(workdir, ["--config", TINY_CONFIG])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, mlflow_db_template: Path) -> Iterator[MlflowServer]:
+    """A started `mlflow server` over a migrated store in a folder of its own; stopped after the test."""
+    folder = tmp_path / "mlflow_server"
+    folder.mkdir()
+    server = MlflowServer(folder, store=mlflow_db_template)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, fit_and_load
+from helpers import REPO_ROOT, fit_and_load
 
 # Measured on cartpole-balance with action repeat 4 (docs/benchmarks.md, "What held cartpole back"): random
 # actions score 310 on average and at most 460 over 40 episodes; doing nothing scores 752 (at most 775 over 20

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_CONFIG, LoggedRun, cli_env
+from helpers import TINY_CONFIG, LoggedRun, cli_env
 from hwm.cli.preflight import PreflightError, check_config_files, check_writable
 from hwm.cli.run_match import OtherRunError, check_same_run, same_value
 from hwm.cli.summary import budget_notice

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, TINY_CONFIG, TINY_EXPERIMENT, _run_hwm
+from helpers import REPO_ROOT, TINY_CONFIG, TINY_EXPERIMENT, run_hwm
 from hwm import cli
 from hwm.experiments import compare
 
@@ -55,7 +55,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) ->
         "--trainer.enable_checkpointing",
         "false",
     ]
-    proc = _run_hwm([str(a) for a in args], workdir, timeout=600)
+    proc = run_hwm([str(a) for a in args], workdir, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return TinyStudy(workdir, f"sqlite:///{workdir / 'mlflow.db'}", proc)
 
@@ -194,10 +194,20 @@ def test_compare_writes_valid_plots_and_logs_them_to_a_summary_run(compared, stu
 def test_compare_any_metric_and_groups_of_one_run(study: TinyStudy, tmp_path: Path, capsys) -> None:
     code = compare.main(
         [
-            "--experiment", TINY_EXPERIMENT, "--tracking-uri", study.uri, "--metric", "harmonizer/weight_reward",
-            "--filter", "params.`data.seed` = '0'", "--out", str(tmp_path), "--reps", "200",
+            "--experiment",
+            TINY_EXPERIMENT,
+            "--tracking-uri",
+            study.uri,
+            "--metric",
+            "harmonizer/weight_reward",
+            "--filter",
+            "params.`data.seed` = '0'",
+            "--out",
+            str(tmp_path),
+            "--reps",
+            "200",
         ]
-    )  # fmt: skip
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "group 'off' has one run" in captured.err and "group 'rectified' has one run" in captured.err

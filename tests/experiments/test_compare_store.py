@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_CONFIG
+from helpers import TINY_CONFIG
 from hwm.experiments import compare, study
 from hwm.experiments.runs import CompareError, RunCurve, resolve_experiment
 

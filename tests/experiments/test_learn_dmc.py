@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_CONFIG = REPO_ROOT / "conf" / "tiny.yaml"
+from helpers import REPO_ROOT, TINY_CONFIG, cli_env, load_script
+
 _PATH = REPO_ROOT / "benchmarks" / "learn_dmc.py"
-_SPEC = importlib.util.spec_from_file_location("learn_dmc", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-learn = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = learn  # dataclasses look their module up while the class is created
-_SPEC.loader.exec_module(learn)
+learn = load_script(_PATH)
 
 
 def _curve(points: list[tuple[int, float, float]]) -> list[dict[str, float]]:
@@ -55,7 +49,7 @@ def test_aggregates_give_the_iqm_with_a_bootstrap_interval_beside_the_published_
 def _start(out: Path) -> subprocess.Popen:
     args = ["--task", "cartpole-balance", "--config", str(TINY_CONFIG), "--seeds", "0", "--frames", "400",
             "--marks", "200", "400", "--parallel", "1", "--out", str(out)]  # fmt: skip
-    env = {**os.environ, "MUJOCO_GL": "egl"}
+    env = cli_env()
     return subprocess.Popen([sys.executable, str(_PATH), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, LoggedRun
+from helpers import REPO_ROOT, LoggedRun
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "run_report.ipynb"
 

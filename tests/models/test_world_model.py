@@ -62,8 +62,9 @@ def test_loss_terms_and_posterior_shapes(obs_shape) -> None:
     assert set(metrics) == {"kl", "post_entropy", "prior_entropy"}
     assert all(not v.requires_grad for v in metrics.values())
     assert 0 < metrics["post_entropy"] <= STOCH * math.log(CLASSES) + 1e-4
-    # An untrained decoder's error summed over every element: far above the one-scalar reward loss.
-    assert losses["obs"].item() > 0 and losses["reward"].item() >= 0
+    # An untrained decoder's error summed over every element: above the one-scalar reward loss for 5 state
+    # values, far above it for 12,288 pixel values.
+    assert losses["obs"].item() > (100 if wm.pixels else 2) * losses["reward"].item() > 0
 
 
 def _first_layer(wm: WorldModel) -> torch.nn.Parameter:

@@ -1,5 +1,5 @@
-"""`hwm fit` on LightningCLI: the parser (typed constructors as config), building the run's objects, and
-handing each its collaborators (``wire``)."""
+"""`hwm fit` on LightningCLI: the parser (typed constructors as config) and building the run's objects;
+``hwm.cli.wiring`` hands each its collaborators."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from hwm.agent import HarmonyDreamAgent
@@ -23,7 +23,8 @@ from hwm.checkpoints.callback import PeriodicCheckpoint
 from hwm.checkpoints.io import AtomicCheckpointIO
 from hwm.checkpoints.preemption import Preemption
 from hwm.cli.errors import ConfigError, explain_parse_error, one_line
-from hwm.cli.prescan import last_value
+from hwm.cli.wiring import RunCallbacks, link, wire
+from hwm.config.prescan import last_value
 from hwm.data.datamodule import ReplayDataModule
 from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, default_run_name
 from hwm.models import presets
@@ -37,16 +38,17 @@ class HwmCLI(LightningCLI):
 
     # The signal after which Lightning's SLURM environment (auto_requeue) requeues the job; None: no requeue.
     requeue_signal: signal.Signals | None = None
+    # The callbacks the trainer was given.
+    run_callbacks: list[Callback]
 
-    def add_core_arguments_to_parser(self, parser: ArgumentParser) -> None:
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # hwm's own classes first, Lightning's Trainer last (add_arguments_to_parser): `hwm fit --help` then
         # leads with hwm's options instead of ~360 lines of Trainer options.
-        parser.add_lightning_class_args(self.model_class, "model")
-        parser.add_lightning_class_args(self.datamodule_class, "data")
+        parser.add_lightning_class_args(HarmonyDreamAgent, "model")
+        parser.add_lightning_class_args(ReplayDataModule, "data")
 
-    def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
-        # The agent's network shapes come from the env the data module built.
-        parser.link_arguments("data.env_info", "model.env_info", apply_on="instantiate")
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        link(parser)
         parser.add_lightning_class_args(FrameProgressBar, "progress_bar")
         parser.add_lightning_class_args(PeriodicCheckpoint, "checkpoint")
         parser.add_lightning_class_args(Preemption, "preemption")
@@ -76,7 +78,7 @@ class HwmCLI(LightningCLI):
             }
         )
 
-    def parse_arguments(self, parser: ArgumentParser, args: Any) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # model.base / model.size choose the classes and their defaults before parsing, so that every
         # explicit key (model.world_model.init_args.deter, ...) still overrides the preset.
         if isinstance(args, (list, tuple)):
@@ -97,7 +99,9 @@ class HwmCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         self.requeue_signal = _requeue_signal(plugins)
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        self.run_callbacks = list(config.get("callbacks") or callbacks)  # the config's, ours added
+        return trainer
 
     @property
     def agent(self) -> HarmonyDreamAgent:
@@ -112,33 +116,22 @@ class HwmCLI(LightningCLI):
     def config_yaml(self) -> str:
         return self.parser.dump(self.config, skip_none=False, skip_check=True)
 
+    @property
+    def callbacks(self) -> RunCallbacks:
+        return RunCallbacks.find(self.run_callbacks)
+
     def periodic_checkpoint(self) -> PeriodicCheckpoint | None:
-        return next((cb for cb in self.trainer.callbacks if isinstance(cb, PeriodicCheckpoint)), None)
+        return self.callbacks.checkpoint
 
     def preemption(self) -> Preemption:
-        return next(cb for cb in self.trainer.callbacks if isinstance(cb, Preemption))
+        return self.callbacks.preemption
 
     def tracking(self) -> TrackingBuffer:
-        return next(cb for cb in self.trainer.callbacks if isinstance(cb, TrackingBuffer))
+        return self.callbacks.tracking
 
     def wire(self) -> None:
-        """Hands each object its collaborators (docs/architecture.md): the stream to the agent and the
-        callbacks, the agent (its policy, its counters) to the stream and the callbacks."""
-        agent, data = self.agent, self.data
-        agent.attach_stream(data)
-        data.attach_agent(agent)
-        preemption, tracking, checkpoint = self.preemption(), self.tracking(), self.periodic_checkpoint()
-        stops = preemption.stops
-        agent.attach_stops(stops)
-        tracking.attach(self.trainer.logger, stops)
-        if self.trainer.logger is not None:
-            agent.attach_metric_sink(tracking)
-        preemption.attach(data, agent, checkpoint, requeue_signal=self.requeue_signal)
-        if checkpoint is not None:
-            checkpoint.attach(data, agent, stops)
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, FrameProgressBar):
-                callback.attach(data, agent, tracking)
+        """Hands each object its collaborators (``hwm.cli.wiring``)."""
+        wire(self.agent, self.data, self.trainer.logger, self.callbacks, self.requeue_signal)
 
 
 def _requeue_signal(plugins: list[Any]) -> signal.Signals | None:

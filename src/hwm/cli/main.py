@@ -76,9 +76,9 @@ def fit(args: list[str]) -> int:
     from hwm.checkpoints.lock import RunFolderLocked
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
-    from hwm.cli.prescan import flag_value
     from hwm.cli.resume import build_or_resume
     from hwm.cli.summary import budget_notice
+    from hwm.config.prescan import flag_value
     from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
     try:
@@ -167,6 +167,7 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str |
     from hwm.checkpoints.lock import RunLock
     from hwm.checkpoints.preemption import slurm_job_id
     from hwm.cli.run_log import ResumeRecord, log_run
+    from hwm.cli.wiring import wire_run_folder
 
     lock = None
     if resume is not None and cli.trainer.is_global_zero:
@@ -196,7 +197,7 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str |
             lock = RunLock(run_dir).acquire()
     tracking = cli.config.get("trainer.logger.init_args.tracking_uri") if run_id is not None else None
     info = {"run_id": run_id, "tracking_uri": tracking, "slurm_job": slurm_job_id(), "config": config}
-    checkpoint.start_run(run_dir, info)
+    wire_run_folder(cli.callbacks, run_dir, info)
     return lock, run_id
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from hwm.cli.prescan import config_paths, last_value
+from hwm.config.prescan import config_paths, last_value
 from hwm.experiments.tracking import sqlite_path
 
 

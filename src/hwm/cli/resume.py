@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
-from hwm.checkpoints.io import HWM_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
+from hwm.checkpoints.class_paths import upgrade_class_paths
+from hwm.checkpoints.io import HWM_KEY, CheckpointError, read_checkpoint
 from hwm.checkpoints.preemption import slurm_job_id
 from hwm.checkpoints.replay_archive import ReplayArchive
 from hwm.checkpoints.validate import (
@@ -27,10 +28,17 @@ from hwm.checkpoints.validate import (
 )
 from hwm.cli.errors import ConfigError
 from hwm.cli.fit import HwmCLI, build_cli
-from hwm.cli.prescan import PrescanError, config_paths, flag_value, pop_flag, read_config, split_config_files
 from hwm.cli.run_match import OtherRunError, check_same_run, same_value
+from hwm.cli.wiring import wire_resume
+from hwm.config.prescan import (
+    PrescanError,
+    config_paths,
+    flag_value,
+    pop_flag,
+    read_config,
+    split_config_files,
+)
 from hwm.data.datamodule import ReplayDataModule
-from hwm.experiments.tracking import upgrade_class_paths
 
 RUN_ID_KEY = "--trainer.logger.init_args.run_id"
 
@@ -138,6 +146,7 @@ def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:
     check_state_dict(checkpoint, cli.agent)
     resume = Resume(path, checkpoint, applied)
     run_id = resume.meta["run_id"]
+    logged = None
     if run_id is not None and isinstance(cli.trainer.logger, MLFlowLogger):
         import mlflow
 
@@ -153,11 +162,7 @@ def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:
         history = client.get_metric_history(run_id, "progress/env_frames")
         # Steps the interrupted process logged after this checkpoint are not logged a second time.
         logged = max((m.step for m in history), default=-1)
-        cli.agent.resume_logging_after(logged)
-        cli.tracking().skip_until(logged)
-    io = cli.trainer.strategy.checkpoint_io
-    if isinstance(io, AtomicCheckpointIO):
-        io.preload(path, checkpoint)
+    wire_resume(cli.agent, cli.callbacks, cli.trainer.strategy.checkpoint_io, path, checkpoint, logged)
     return resume
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hwm.cli.prescan import last_value, nested
+from hwm.config.prescan import last_value, nested
 
 # What names a run's identity: a config that disagrees on these describes another run.
 IDENTITY_KEYS = {"data.task": "task", "trainer.logger.init_args.experiment_name": "experiment"}

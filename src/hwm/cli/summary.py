@@ -68,7 +68,7 @@ class RunSummary:
 
 def read_scores(client: Any, run_id: str) -> list[Score]:
     """Final and best value of each score the run logged; [] when the store can't be read."""
-    out = []
+    out: list[Score] = []
     for metric in SCORES:
         try:
             history = client.get_metric_history(run_id, metric)

@@ -265,4 +265,4 @@ def transitions_to_rows(data: TensorDictBase, obs_key: str) -> TensorDict:
     order = torch.empty(n + m, dtype=torch.long)
     order[step_pos] = torch.arange(n)
     order[step_pos[init] - 1] = n + torch.arange(m)
-    return torch.cat([steps, resets])[order]  # type: ignore[return-value]
+    return torch.cat([steps, resets])[order]

@@ -147,7 +147,7 @@ class Evaluator:
             ended |= transition.get(("next", "done")).reshape(self.envs).cpu()
             if bool(ended[: len(seeds)].all()):
                 break
-        rollout = torch.stack(steps, dim=1)
+        rollout: TensorDictBase = torch.stack(steps, dim=1)
         done = rollout.get(("next", "done")).reshape(self.envs, -1)
         ends = [int(done[i].nonzero()[0]) + 1 if done[i].any() else done.shape[1] for i in range(len(seeds))]
         return [rollout[i, :end] for i, end in enumerate(ends)]

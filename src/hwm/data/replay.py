@@ -251,7 +251,7 @@ class SequenceReplay:
                 buffer = self.buffers[lane]
                 index, _ = self._sampler(lane).sample(buffer.storage, count * self.seq_len)
                 parts.append(buffer.storage.get(index))
-        seq = torch.cat(parts).reshape(self.batch_size, self.seq_len)
+        seq: TensorDictBase = torch.cat(parts).reshape(self.batch_size, self.seq_len)
         is_first = seq.get(IS_FIRST).clone()
         is_first[:, 0] = True
         seq.set(IS_FIRST, is_first)
@@ -266,7 +266,7 @@ class SequenceReplay:
         """Writes what is new since the last save under ``directory``; None without a directory."""
         if self.directory is None:
             return None
-        lanes = [
+        lanes: list[dict[str, Any]] = [
             {
                 "write_count": int(buffer.write_count),
                 "capacity": archive.capacity,

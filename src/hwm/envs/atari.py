@@ -157,7 +157,10 @@ class AtariEnv(gym.Env):
         # ALE reads its seed and sticky-action probability when a ROM is loaded.
         self.ale.setInt("random_seed", int(seed) % 2**31)
         self.ale.setFloat("repeat_action_probability", float(self._sticky))
-        self.ale.loadROM(roms.get_rom_path(self.game))
+        rom = roms.get_rom_path(self.game)
+        if rom is None:  # the game was checked against ale_py's ROMs when the env was configured
+            raise ValueError(f"ale_py ships no ROM for {self.game!r}")
+        self.ale.loadROM(rom)
         self._rng = np.random.default_rng(seed)
 
     def _obs(self) -> dict[str, np.ndarray]:
@@ -166,7 +169,7 @@ class AtariEnv(gym.Env):
         pooled = np.maximum(self._screens[0], self._screens[1])
         return {self._key: area_resize(pooled, self._size)}
 
-    def episode_rng_state(self) -> dict[str, Any]:
+    def episode_rng_state(self) -> dict[str, Any] | None:
         """ALE's state (with its RNG) and the no-op generator just before this episode's reset (resume)."""
         return self._episode_rng
 

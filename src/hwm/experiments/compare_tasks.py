@@ -24,7 +24,7 @@ import numpy as np
 
 from hwm.envs.atari_scores import atari100k_game, human_normalized_score
 from hwm.experiments import scores
-from hwm.experiments.compare import log_summary, write_file
+from hwm.experiments.outputs import log_summary, write_file
 from hwm.experiments.plots import curve_grid, group_curve, plot_intervals
 from hwm.experiments.runs import CompareError, RunCurve, groups, load_runs, search_runs
 
@@ -193,6 +193,7 @@ def plot_task_curves(
     Published curves are drawn dashed, mean over the authors' seeds with the same kind of band, on the
     same env-frame axis; ``normalized`` puts them in human-normalised units (for ``eval/human_normalized_score``).
     """
+    from matplotlib.artist import Artist
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
     from matplotlib.ticker import FuncFormatter
 
@@ -220,8 +221,10 @@ def plot_task_curves(
             values = ref.curves[task]
             if normalized:
                 values = np.asarray(human_normalized_score(task, values))
-            seeds = [RunCurve(f"{ref.key}/{i}", ref.key, ref.label, ref.steps, v, int(ref.steps[-1]))
-                     for i, v in enumerate(values)]  # fmt: skip
+            seeds = [
+                RunCurve(f"{ref.key}/{i}", ref.key, ref.label, ref.steps, v, int(ref.steps[-1]))
+                for i, v in enumerate(values)
+            ]
             x, mean, lo, hi = group_curve(seeds, ref.steps.astype(np.float64), reps=reps, seed=seed)
             ax.plot(
                 x, mean, color=color, linestyle="--", linewidth=1.2, label=f"{ref.label} (n={len(seeds)})"
@@ -235,7 +238,7 @@ def plot_task_curves(
         ax.set_visible(False)
     for ax in axes[(rows - 1) * cols :]:
         ax.set_xlabel("env frames", fontsize=8)
-    handles: dict[str, object] = {}
+    handles: dict[str, Artist] = {}
     for ax in axes[: len(tasks)]:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, h)
@@ -243,7 +246,14 @@ def plot_task_curves(
     ncol = min(4, max(len(handles), 1))
     legend_h = 0.25 * math.ceil(len(handles) / ncol) + 0.1 if handles else 0.0  # inches
     if handles:
-        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+        fig.legend(
+            handles.values(),
+            handles.keys(),
+            loc="lower center",
+            ncol=ncol,
+            fontsize=8,
+            frameon=False,
+        )
     fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     return path

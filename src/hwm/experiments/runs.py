@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from hwm.experiments.tracking import FRAMES_METRIC, STUDY_TAG, SUMMARY_TAG, sqlite_path, upgrade_class_paths
+from hwm.checkpoints.class_paths import upgrade_class_paths
+from hwm.experiments.tracking import FRAMES_METRIC, STUDY_TAG, SUMMARY_TAG, sqlite_path
 
 DEFAULT_METRIC = "eval/return"
 DEFAULT_GROUP_BY = "model.harmonizer_mode"

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from hwm.cli.prescan import last_value
+from hwm.config.prescan import last_value
 from hwm.experiments.compare import DEFAULT_GROUP_BY
 from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, STUDY_TAG
 
@@ -106,7 +106,9 @@ def load_plan(path: Path) -> dict[str, Any]:
         plan = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise StudyError(f"cannot read the study plan {path}: {exc}") from exc
-    plan = plan.get("study", plan)  # a `study:` section or a bare plan
+    plan = plan.get("study", plan) if isinstance(plan, dict) else plan  # a `study:` section or a bare plan
+    if not isinstance(plan, dict):
+        raise StudyError(f"the study plan {path} is not a YAML mapping of {{config, seeds, vary, ...}}")
     known = {"config", "seeds", "vary", "args", "experiment", "tracking_uri"}
     unknown = sorted(set(plan) - known)
     if unknown:

@@ -17,21 +17,6 @@ FRAMES_METRIC = "progress/env_frames"
 # MLflow 3's UI opens an experiment on its GenAI (traces) pages unless the experiment says it trains models.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
-# Class paths that configs (checkpoints, MLflow params) recorded before hwm's package layout.
-LEGACY_CLASS_PATHS = {
-    "hwm.world_model.WorldModel": "hwm.models.world_model.WorldModel",
-    "hwm.world_model_v3.WorldModelV3": "hwm.models.world_model_v3.WorldModelV3",
-    "hwm.actor_critic.ActorCritic": "hwm.models.actor_critic.ActorCritic",
-    "hwm.actor_critic_v3.ActorCriticV3": "hwm.models.actor_critic_v3.ActorCriticV3",
-}
-
-
-def upgrade_class_paths(text: str) -> str:
-    """A recorded config (or param value) with its classes' old module paths replaced by today's."""
-    for old, new in LEGACY_CLASS_PATHS.items():
-        text = text.replace(old, new)
-    return text
-
 
 def git_commit(path: Path | None = None) -> tuple[str, bool] | None:
     """(commit, dirty) of the git checkout holding ``path`` (default: hwm's source); None outside git."""

@@ -37,6 +37,10 @@ class Harmonizer(L.LightningModule):
             weighs its shared KL harmonizer, regulariser included, by dyn/(dyn+rep) = 5/6.
     """
 
+    log_sigma: nn.Parameter | None  # the learnable modes only
+    fixed_weights: Tensor
+    regularizer_scales: Tensor
+
     def __init__(
         self,
         tasks: Sequence[str] = ("obs", "reward", "dynamics"),
@@ -91,15 +95,14 @@ class Harmonizer(L.LightningModule):
         values = torch.stack(
             [torch.as_tensor(losses[t], device=device).float().reshape(()) for t in self.tasks]
         )
-        if self.mode == "rectified":
-            s = self.log_sigma
+        s = self.log_sigma
+        if s is None:  # fixed, off
+            terms = values * self.fixed_weights
+        elif self.mode == "rectified":
             # softplus(s) = log(1 + exp(s)) = log(1 + sigma), stable for any s.
             terms = values * torch.exp(-s) + self.regularizer_scales * F.softplus(s)
-        elif self.mode == "unrectified":
-            s = self.log_sigma
+        else:  # unrectified
             terms = values * torch.exp(-s) + self.regularizer_scales * s
-        else:
-            terms = values * self.fixed_weights
         total = terms.sum()
         with torch.no_grad():
             sig = self.sigmas().detach()

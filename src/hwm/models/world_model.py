@@ -12,7 +12,7 @@ from tensordict import TensorDictBase
 from torch import Tensor, nn
 
 from hwm.models.losses import balanced_kl, bernoulli_nll, unit_gaussian_nll
-from hwm.models.networks import ConvDecoder, ConvEncoder, flat_dim, frozen, mlp
+from hwm.models.networks import Blocks, ConvDecoder, ConvEncoder, flat_dim, frozen, mlp
 from hwm.models.rssm import RSSM, State
 
 # The replay's step layout (DreamerV2/V3's): step t holds o_t, the action a_{t-1} that led to it (zeros at an
@@ -88,7 +88,7 @@ class WorldModel(L.LightningModule):
         self.obs_key = "pixels" if self.pixels else "observation"
         self.action_dim = action_dim
         self.kl_balance, self.free_nats = kl_balance, free_nats
-        blocks = {"norm": self._norm, "act": self._act}
+        blocks: Blocks = {"norm": self._norm, "act": self._act}
         if self.pixels:
             self.encoder: nn.Module = ConvEncoder(
                 depth=cnn_depth, in_channels=self.obs_shape[0], same_padding=self._v3_cnn, **blocks

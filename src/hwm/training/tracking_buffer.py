@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mlflow.exceptions import MlflowException
 
 from hwm.training.stop import EXIT_TRACKING, StopBoard, StopReason
+from hwm.training.stream import unwired
 
 Entry = tuple[int, dict[str, float]]
 
@@ -53,7 +54,7 @@ class TrackingBuffer(Callback):
             flush_seconds,
         )
         self._logger: Logger | None = None
-        self._stops: StopBoard | None = None
+        self._stops: StopBoard = unwired("TrackingBuffer", "the run's stop board")
         self._queue: deque[Entry] = deque()
         self._sending: Entry | None = None
         self._cond = threading.Condition()
@@ -64,8 +65,9 @@ class TrackingBuffer(Callback):
         self.floor = -1  # steps up to here are already in the run (a resume)
         self.sent = 0
 
-    def attach(self, logger: Logger | None, stops: StopBoard | None = None) -> None:
-        """The logger the metrics go to, and where a server gone for good files its stop."""
+    def attach(self, logger: Logger | None, stops: StopBoard) -> None:
+        """The logger the metrics go to (None: a run without one, whose metrics go nowhere), and where a
+        server gone for good files its stop."""
         self._logger, self._stops = logger, stops
 
     def skip_until(self, step: int) -> None:
@@ -145,7 +147,7 @@ class TrackingBuffer(Callback):
                 f"hwm: tracking server unreachable ({type(exc).__name__}: {detail}); training goes on, "
                 f"metrics are buffered ({self.buffered} steps) and retried"
             )
-        elif now - self.down_since >= self.give_up_minutes * 60 and self._stops is not None:
+        elif now - self.down_since >= self.give_up_minutes * 60:
             self.gave_up = True
             self._stops.request_stop(
                 StopReason(
