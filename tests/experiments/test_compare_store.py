@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CONFIG
-from hwm.experiments import compare, study
+from hwm.experiments import compare, study, study_slot
 from hwm.experiments.runs import CompareError, RunCurve, resolve_experiment
 
 
@@ -127,6 +127,6 @@ def test_progress_and_the_last_message_are_read_from_a_run_log(tmp_path: Path) -
         "hwm fit: error: something broke\n"
         "hwm fit:  61%|######    | 244/400 [00:11<00:07, 21frame/s, updates=21]\r"
     )
-    assert study.frames_so_far(log) == (244, 400)
-    assert study.last_message(log) == "hwm fit: error: something broke"
-    assert study.frames_so_far(tmp_path / "none.log") is None
+    assert study_slot.frames_so_far(log) == (244, 400)
+    assert study_slot.last_message(log) == "hwm fit: error: something broke"
+    assert study_slot.frames_so_far(tmp_path / "none.log") is None
