@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,3 +148,74 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> LoggedRun:
     """The default end-to-end run (conf/tiny.yaml, rectified harmonizers), trained once per session."""
     workdir = tmp_path_factory.mktemp("tiny_run")
     return fit_and_load(workdir, ["--config", TINY_CONFIG])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> Iterator[str]:
+    """An `mlflow server` on 127.0.0.1 for the session (a pre-migrated sqlite store, artifacts served);
+    yields its URI, e.g. http://127.0.0.1:5123."""
+    import signal
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow_server")
+    shutil.copyfile(mlflow_db_template, root / "server.db")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    # Its own session: the web workers are its children and go with it.
+    server = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600  # seconds when idle; minutes on a loaded machine
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A single-node SLURM (munged, slurmctld, slurmd on 127.0.0.1) for the session: tests/slurm_cluster.py.
+    Skips, with the reason, where the packages are missing or the daemons cannot start."""
+    from slurm_cluster import SlurmCluster, SlurmUnavailable
+
+    # Short: a UNIX socket's path must fit in 108 bytes.
+    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="hwm-slurm-")))
+    try:
+        cluster.start()
+    except SlurmUnavailable as exc:
+        cluster.stop()
+        pytest.skip(f"no SLURM here: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -155,7 +155,8 @@ class Study:
 
 
 def run_name(variant: dict[str, str], seed: int) -> str:
-    parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in variant.items()]
+    # A varied config file (``--vary config=conf/atari/pong.yaml,...``) is named by its file: config=pong.
+    parts = [f"{k.rsplit('.', 1)[-1]}={Path(v).stem if k == 'config' else v}" for k, v in variant.items()]
     return " ".join([*parts, f"seed={seed}"])
 
 

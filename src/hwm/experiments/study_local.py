@@ -176,7 +176,7 @@ def report(study: Study, outcomes: list[Outcome]) -> int:
         return EXIT_BAD_INPUT
     experiment, uri = study.experiment_name(), study.tracking()
     where = f" --experiment {experiment}" + (f" --tracking-uri {uri}" if uri else "")
-    group = next(iter(study.vary), DEFAULT_GROUP_BY)
+    group = next((k for k in study.vary if k != "config"), DEFAULT_GROUP_BY)  # a param, not a file
     print(f"compare them: hwm compare{where} --study {study.study_id} --group-by {group}")
     failed = [o for o in outcomes if o.state == "failed"]
     left = [o for o in outcomes if o.state in ("interrupted", "not run")]

@@ -71,10 +71,9 @@ def mlflow_runs(study: Study, slot: Slot | None = None) -> list[Any] | None:
 
 
 def finished_before(record: SlotRecord, runs: list[Any] | None) -> bool:
-    """The run's last attempt ended with its budget spent (its record, else its MLflow run's status)."""
-    if record.finished:
-        return True
-    return not record.running and any(r.info.status == "FINISHED" for r in runs or [])
+    """The run has spent its budget: its record says so, or its MLflow run does (FINISHED: hwm marks a
+    stopped run KILLED or FAILED), e.g. when the process that would have recorded the end was killed."""
+    return record.finished or any(r.info.status == "FINISHED" for r in runs or [])
 
 
 def abandon_runs(study: Study, slot: Slot, runs: list[Any] | None) -> str:
