@@ -112,6 +112,32 @@ def test_a_rerun_must_define_the_same_study_and_resume_takes_it_from_its_folder(
     ]
 
 
+def test_a_rerun_skips_finished_runs_and_continues_an_interrupted_one_from_its_checkpoint(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = ["--config", str(TINY_CONFIG), "--seeds", "0", "1", "2", "--study-id", "r"]
+    study = study_mod.build(base)
+    study_mod.save_definition(study)
+    done, stopped, fresh = study.slots()
+    write_record(study, done, SlotRecord(attempts=1, exit=0))
+    write_record(study, stopped, SlotRecord(attempts=1, exit=75))
+    # A run folder with a checkpoint (last.ckpt -> the newest), and one an attempt left without any.
+    run = tmp_path / "checkpoints" / "r" / stopped.key / "0123abcd"
+    run.mkdir(parents=True)
+    (run / "update-000000020.ckpt").write_bytes(b"")
+    (run / "last.ckpt").symlink_to("update-000000020.ckpt")
+    (tmp_path / "checkpoints" / "r" / fresh.key / "fedc3210").mkdir(parents=True)
+    assert study_mod.main(["--resume", "r", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "[1/3] seed=0: finished earlier"
+    assert (
+        lines[2].endswith(f"--ckpt_path checkpoints/r/{stopped.key}/0123abcd")
+        and "--seed_everything 1" in lines[2]
+    )
+    assert "--ckpt_path" not in lines[3] and "--seed_everything 2" in lines[3]
+
+
 def test_the_slurm_launcher_refuses_a_sqlite_store(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert study_mod.main(["--config", str(TINY_CONFIG), "--launcher", "slurm", "--study-id", "s"]) == 2

@@ -99,10 +99,6 @@ class Study:
     def folder(self) -> Path:
         return self.logs / self.study_id
 
-    def log_path(self, index: int, variant: dict[str, str], seed: int) -> Path:
-        """Where run ``index`` (1-based) writes its output: beside the study's other runs."""
-        return self.folder / f"{self.slot(index, variant, seed).key}.log"
-
     def slot(self, index: int, variant: dict[str, str], seed: int) -> Slot:
         return Slot(index, variant, seed, max(2, len(str(len(self.variants()) * len(self.seeds)))))
 

@@ -16,20 +16,14 @@ from typing import Any
 from hwm.experiments.compare import DEFAULT_GROUP_BY
 from hwm.experiments.study import STUDY_RUN_TAG, Slot, Study
 from hwm.experiments.study_folder import latest_checkpoint, log_path, read_record
-from hwm.experiments.study_slot import EXIT_BAD_INPUT, EXIT_PREEMPTED, Outcome, mlflow_runs, run_slot
-
-
-def _ensure_experiment(tracking_uri: str, name: str) -> bool:
-    """Creates the experiment up front (parallel runs would race to); False when that isn't possible."""
-    try:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri)
-        if client.get_experiment_by_name(name) is None:
-            client.create_experiment(name)
-        return True
-    except Exception:
-        return False
+from hwm.experiments.study_slot import (
+    EXIT_BAD_INPUT,
+    EXIT_PREEMPTED,
+    Outcome,
+    ensure_experiment,
+    mlflow_runs,
+    run_slot,
+)
 
 
 class _Stop:
@@ -79,10 +73,16 @@ def launch(study: Study) -> int:
     print(
         f"hwm study {study.study_id}: {n} runs ({len(study.variants())} variants x {len(study.seeds)} seeds)"
     )
-    if study.dry_run:
+    if study.dry_run:  # what a (re)run would do with each run, by its record and checkpoints
         for slot in slots:
+            if read_record(study, slot).finished:
+                print(f"[{slot.index}/{n}] {slot.name}: finished earlier")
+                continue
             cmd = ["hwm", "fit", *study.fit_args(slot.variant, slot.seed, slot.index)]
-            print(f"[{slot.index}/{n}] {slot.name}: {shlex.join(cmd)}")
+            resume = latest_checkpoint(study, slot)
+            print(
+                f"[{slot.index}/{n}] {slot.name}: {shlex.join(cmd + (['--ckpt_path', str(resume)] if resume else []))}"
+            )
         return 0
     known = _known_runs(study, slots)
     say_lock = threading.Lock()
@@ -131,7 +131,7 @@ def launch(study: Study) -> int:
             return out
 
         first = 0
-        if study.jobs > 1 and not _ensure_experiment(study.tracking(), study.experiment_name()):
+        if study.jobs > 1 and not ensure_experiment(study.tracking(), study.experiment_name()):
             # Runs starting together would race to create the experiment: the first one goes alone.
             first = 1
             outcomes[slots[0].index] = one(slots[0])

@@ -70,6 +70,19 @@ def mlflow_runs(study: Study, slot: Slot | None = None) -> list[Any] | None:
         return None
 
 
+def ensure_experiment(tracking_uri: str, name: str) -> bool:
+    """Creates the experiment up front (parallel runs would race to); False when that isn't possible."""
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri)
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name)
+        return True
+    except Exception:
+        return False
+
+
 def finished_before(record: SlotRecord, runs: list[Any] | None) -> bool:
     """The run has spent its budget: its record says so, or its MLflow run does (FINISHED: hwm marks a
     stopped run KILLED or FAILED), e.g. when the process that would have recorded the end was killed."""

@@ -19,12 +19,13 @@ from urllib.parse import urlparse
 
 from hwm.experiments.study import STUDY_RUN_TAG, Slot, Study, load_study
 from hwm.experiments.study_folder import log_path, read_record
-from hwm.experiments.study_local import _ensure_experiment, report
+from hwm.experiments.study_local import report
 from hwm.experiments.study_queue import ACTIVE, queue_states, queued_slots, record_submission, slurm_folder
 from hwm.experiments.study_slot import (
     EXIT_BAD_INPUT,
     EXIT_PREEMPTED,
     Outcome,
+    ensure_experiment,
     finished_before,
     last_message,
     mlflow_runs,
@@ -93,7 +94,7 @@ def launch(study: Study) -> int:
                 f"[{slot.index}/{n}] {slot.name}: {shlex.join(['hwm', 'fit', *study.fit_args(slot.variant, slot.seed, slot.index)])}"
             )
         return 0
-    if not _ensure_experiment(study.tracking(), study.experiment_name()):
+    if not ensure_experiment(study.tracking(), study.experiment_name()):
         print(f"hwm study: error: cannot create the experiment on {study.tracking()}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
