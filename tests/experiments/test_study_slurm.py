@@ -16,19 +16,37 @@ from conftest import TINY_CONFIG, TINY_EXPERIMENT, cli_env
 
 pytestmark = pytest.mark.slow
 
-# Long enough to be interrupted in the middle; checkpoints often, so an interruption has one to resume.
-FIT = ["--", "--data.total_frames", "800", "--checkpoint.every_updates", "5", "--data.eval_every", "400"]
+# The tiny preset's 400 frames (160 of them random prefill), a checkpoint every 5 updates (20 frames): a run
+# interrupted past 240 frames has one to continue from. Minutes on an idle 2-core machine; far longer when
+# the CPU is shared, hence the long timeouts below (they only matter when something hangs).
+FIT = ["--", "--data.total_frames", "400", "--checkpoint.every_updates", "5"]
+TIMEOUT = 3600
 
 
-def _study(cluster, cwd: Path, *args: str, wait: bool = True) -> subprocess.Popen:
-    env = {**cli_env(), **cluster.env}
-    cmd = [sys.executable, "-m", "hwm.cli", "study", *args]
-    return subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+@pytest.fixture
+def start_study(slurm_cluster):
+    """``start_study(cwd, *args)``: `hwm study ARGS` in the background against the test cluster (killed at the
+    end of the test if still running)."""
+    started: list[subprocess.Popen] = []
+
+    def start(cwd: Path, *args: str) -> subprocess.Popen:
+        env = {**cli_env(), **slurm_cluster.env}
+        cmd = [sys.executable, "-m", "hwm.cli", "study", *args]
+        started.append(
+            subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
-def _hwm(cluster, cwd: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def _hwm(cluster, cwd: Path, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     env = {**cli_env(), **cluster.env}
     return subprocess.run(
         [sys.executable, "-m", "hwm.cli", *args],
@@ -40,7 +58,7 @@ def _hwm(cluster, cwd: Path, *args: str, timeout: float = 900) -> subprocess.Com
     )
 
 
-def _until(what: str, ready, timeout: float = 600, every: float = 1.0):
+def _until(what: str, ready, timeout: float = TIMEOUT, every: float = 1.0):
     deadline = time.monotonic() + timeout
     while True:
         found = ready()
@@ -92,13 +110,13 @@ def _expedite(cluster, task: str) -> None:
 
 
 def test_an_array_task_requeued_mid_run_continues_its_run_and_compare_reads_the_study(
-    slurm_cluster, mlflow_server: str, tmp_path: Path
+    slurm_cluster, mlflow_server: str, tmp_path: Path, start_study
 ) -> None:
     study_id = "slurm-array"
     args = ["--config", str(TINY_CONFIG), "--seeds", "0", "1", "--study-id", study_id, "--launcher", "slurm"]
     args += ["--tracking-uri", mlflow_server, "--cpus-per-run", "1", "--time", "30", "--signal-seconds", "60"]
     args += ["--sbatch", "comment=hwm-test", "--progress-every", "10", "--wait", *FIT]
-    study = _study(slurm_cluster, tmp_path, *args)
+    study = start_study(tmp_path, *args)
     first = _until(
         "run 1 to checkpoint mid-run", lambda: _checkpointed_past(tmp_path, study_id, "01-seed=0", 240)
     )
@@ -106,7 +124,7 @@ def test_an_array_task_requeued_mid_run_continues_its_run_and_compare_reads_the_
     task = json.loads((records / "01-seed=0.json").read_text())["slurm_job"]
     slurm_cluster.run("scontrol", "requeue", task)
     _expedite(slurm_cluster, task)
-    out, _ = study.communicate(timeout=900)
+    out, _ = study.communicate(timeout=TIMEOUT)
     assert study.returncode == 0, out + slurm_cluster.logs()
     print(out)  # the record of the run, for docs/cluster.md
     lines = out.splitlines()
@@ -138,7 +156,7 @@ def test_an_array_task_requeued_mid_run_continues_its_run_and_compare_reads_the_
     # No step repeated or dropped: the same steps as the run nobody interrupted, each once, in order.
     steps = _steps(mlflow_server, requeued.info.run_id)
     assert steps == sorted(set(steps)) and steps == _steps(mlflow_server, straight.info.run_id)
-    assert steps[-1] == 800
+    assert steps[-1] == 400
 
     compare = _hwm(
         slurm_cluster,
@@ -167,22 +185,22 @@ def test_a_cancelled_study_is_resumed_where_it_stopped(
     study_id = "slurm-cancel"
     args = ["--config", str(TINY_CONFIG), "--seeds", "0", "1", "--study-id", study_id, "--launcher", "slurm"]
     args += ["--tracking-uri", mlflow_server, "--cpus-per-run", "1", "--array-limit", "1", *FIT]
-    submitted = _study(slurm_cluster, tmp_path, *args)
-    out, _ = submitted.communicate(timeout=300)
+    submitted = start_study(tmp_path, *args)
+    out, _ = submitted.communicate(timeout=TIMEOUT)
     assert submitted.returncode == 0, out
     job = _submitted_job(out)
     first = _until(
         "run 1 to checkpoint mid-run", lambda: _checkpointed_past(tmp_path, study_id, "01-seed=0", 240)
     )
     slurm_cluster.run("scancel", job)
-    _until("the array to leave the queue", lambda: not slurm_cluster.queue(job), timeout=300)
+    _until("the array to leave the queue", lambda: not slurm_cluster.queue(job))
     status = _hwm(slurm_cluster, tmp_path, "study", "--status", study_id)
     print(status.stdout)
     rows = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[3:]}
     assert rows == {"seed=0": "interrupted", "seed=1": "not"}, status.stdout  # "not started": it was pending
 
-    resumed = _study(slurm_cluster, tmp_path, "--resume", study_id, "--wait", "--progress-every", "10")
-    out, _ = resumed.communicate(timeout=900)
+    resumed = start_study(tmp_path, "--resume", study_id, "--wait", "--progress-every", "10")
+    out, _ = resumed.communicate(timeout=TIMEOUT)
     print(out)
     assert resumed.returncode == 0, out + slurm_cluster.logs()
     assert any(line.split()[:2] == ["resumed", "seed=0"] for line in out.splitlines()), out
