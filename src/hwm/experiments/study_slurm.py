@@ -133,7 +133,7 @@ def submit(study: Study, slots: list[Slot], params: dict[str, Any]) -> dict[str,
 
 def wait_for(study: Study, array_job: str, submitted: list[Slot], earlier: set[int]) -> int:
     """Until no task of the array is in the queue (requeued ones included); then one line per run."""
-    last = time.monotonic()
+    last, shown = time.monotonic(), ""
     misses = 0
     try:
         while True:
@@ -147,13 +147,15 @@ def wait_for(study: Study, array_job: str, submitted: list[Slot], earlier: set[i
                 active = [s for s in states.values() if s in ACTIVE]
                 if not active:
                     break
-                if study.progress_every and time.monotonic() - last >= study.progress_every:
-                    last = time.monotonic()
-                    counts = {s: active.count(s) for s in sorted(set(active))}
-                    print(
-                        f"hwm study {study.study_id}: "
-                        + ", ".join(f"{k} {v.lower()}" for v, k in counts.items())
-                    )
+                counts = {s: active.count(s) for s in sorted(set(active))}
+                line = f"hwm study {study.study_id}: " + ", ".join(
+                    f"{k} {v.lower()}" for v, k in counts.items()
+                )
+                # When the queue changes, and every ten progress periods as a sign of life.
+                due = time.monotonic() - last >= 10 * study.progress_every
+                if study.progress_every and (line != shown or due):
+                    print(line, flush=True)
+                    shown, last = line, time.monotonic()
             time.sleep(2.0)
     except KeyboardInterrupt:
         print(f"\nhwm study: stopped waiting; the array goes on (hwm study --status {study.study_id})")
