@@ -180,7 +180,7 @@ def test_an_array_task_requeued_mid_run_continues_its_run_and_compare_reads_the_
 
 
 def test_a_cancelled_study_is_resumed_where_it_stopped(
-    slurm_cluster, mlflow_server: str, tmp_path: Path
+    slurm_cluster, mlflow_server: str, tmp_path: Path, start_study
 ) -> None:
     study_id = "slurm-cancel"
     args = ["--config", str(TINY_CONFIG), "--seeds", "0", "1", "--study-id", study_id, "--launcher", "slurm"]
