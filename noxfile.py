@@ -28,19 +28,19 @@ TORCH = "torch==2.13.0"
 TORCH_INDEX_URL = os.environ.get("HWM_TORCH_INDEX_URL")
 # Debian packages for headless MuJoCo rendering through EGL (Mesa llvmpipe on machines without a GPU).
 GL_PACKAGES = ["libegl1", "libegl-mesa0", "libgl1-mesa-dri", "libopengl0"]
+# Debian packages of the single-node SLURM the study tests start (slurmctld, slurmd, munged, sbatch, ...).
+SLURM_PACKAGES = ["slurm-wlm", "munge"]
 LINT_PATHS = ["src", "tests", "benchmarks", "tools", "noxfile.py"]
 
 
-def _ensure_gl_packages(session: nox.Session) -> None:
-    """Install the EGL/Mesa Debian packages when any is missing (root, or passwordless sudo)."""
+def _ensure_debian_packages(session: nox.Session, packages: list[str], why: str) -> None:
+    """Install the Debian packages that are missing (root, or passwordless sudo)."""
     if shutil.which("dpkg") is None:
-        session.warn(
-            f"dpkg not found (not Debian?): make sure EGL/Mesa is available ({' '.join(GL_PACKAGES)})"
-        )
+        session.warn(f"dpkg not found (not Debian?): make sure {why} is available ({' '.join(packages)})")
         return
     missing = [
         pkg
-        for pkg in GL_PACKAGES
+        for pkg in packages
         if subprocess.run(["dpkg", "-s", pkg], capture_output=True, check=False).returncode != 0
     ]
     if not missing:
@@ -51,7 +51,7 @@ def _ensure_gl_packages(session: nox.Session) -> None:
         prefix = ["sudo", "-n"]
     else:
         session.error(
-            f"missing Debian packages for headless MuJoCo; run: "
+            f"missing Debian packages for {why}; run: "
             f"sudo apt-get install -y --no-install-recommends {' '.join(missing)}"
         )
     env = {"DEBIAN_FRONTEND": "noninteractive"}
@@ -59,6 +59,16 @@ def _ensure_gl_packages(session: nox.Session) -> None:
     session.run(
         *prefix, "apt-get", "install", "-y", "--no-install-recommends", *missing, external=True, env=env
     )
+
+
+def _ensure_gl_packages(session: nox.Session) -> None:
+    """The EGL/Mesa packages for headless MuJoCo."""
+    _ensure_debian_packages(session, GL_PACKAGES, "headless MuJoCo (EGL/Mesa)")
+
+
+def _ensure_slurm_packages(session: nox.Session) -> None:
+    """SLURM and munge: the study tests bring up a single-node SLURM (tests/slurm_cluster.py)."""
+    _ensure_debian_packages(session, SLURM_PACKAGES, "the SLURM tests (a single-node SLURM)")
 
 
 def _setup(session: nox.Session, extras: str = "") -> None:
@@ -77,6 +87,7 @@ def _setup(session: nox.Session, extras: str = "") -> None:
 def tests(session: nox.Session) -> None:
     """Default test selection (pyproject's addopts deselect `slow`); posargs go to pytest."""
     _setup(session, extras="test")
+    _ensure_slurm_packages(session)
     session.run("pytest", *session.posargs)
 
 
@@ -84,6 +95,7 @@ def tests(session: nox.Session) -> None:
 def slow(session: nox.Session) -> None:
     """Only the tests marked `slow` (minutes); posargs go to pytest."""
     _setup(session, extras="test")
+    _ensure_slurm_packages(session)
     session.run("pytest", "-m", "slow", *session.posargs)
 
 

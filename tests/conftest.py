@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,3 +94,36 @@ def mlflow_server(tmp_path: Path, mlflow_db_template: Path) -> Iterator[MlflowSe
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_uri(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> Iterator[str]:
+    """One `mlflow server` for the session (tests that only log to it, e.g. SLURM studies); yields its URI."""
+    folder = tmp_path_factory.mktemp("mlflow_server_session")
+    server = MlflowServer(
+        folder, store=mlflow_db_template, startup_timeout=600
+    )  # minutes on a loaded machine
+    server.start()
+    try:
+        yield server.base
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A single-node SLURM (munged, slurmctld, slurmd on 127.0.0.1) for the session: tests/slurm_cluster.py.
+    Skips, with the reason, where the packages are missing or the daemons cannot start."""
+    from slurm_cluster import SlurmCluster, SlurmUnavailable
+
+    # Short: a UNIX socket's path must fit in 108 bytes.
+    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="hwm-slurm-")))
+    try:
+        cluster.start()
+    except SlurmUnavailable as exc:
+        cluster.stop()
+        pytest.skip(f"no SLURM here: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # Each command imports what it needs only: comparing runs needs no Lightning, no simulator.
     if command == "study":
-        from hwm.experiments.study import main as study_main
+        from hwm.experiments.study_run import main as study_main
 
         return study_main(rest)
     if command == "compare":
