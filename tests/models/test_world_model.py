@@ -59,7 +59,15 @@ def test_loss_terms_and_posterior_shapes(obs_shape) -> None:
     # The posterior sample is one-hot per categorical.
     per_cat = stoch.detach().unflatten(-1, (STOCH, CLASSES))
     torch.testing.assert_close(per_cat.sum(-1), torch.ones(B, T, STOCH))
-    assert set(metrics) == {"kl", "post_entropy", "prior_entropy"}
+    assert set(metrics) == {
+        "kl",
+        "post_entropy",
+        "prior_entropy",
+        "reward_mse",
+        "reward_mse_large_action",
+        "reward_mse_small_action",
+        "large_action_share",
+    }
     assert all(not v.requires_grad for v in metrics.values())
     assert 0 < metrics["post_entropy"] <= STOCH * math.log(CLASSES) + 1e-4
     # An untrained decoder's error summed over every element: above the one-scalar reward loss for 5 state
