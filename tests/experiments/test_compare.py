@@ -260,23 +260,23 @@ def test_learning_curves_of_different_lengths_share_one_grid() -> None:
 
 
 def test_study_bad_input_is_one_clear_line(capsys) -> None:
-    from hwm.experiments import study as study_mod
+    from hwm.experiments import study_run
 
-    assert study_mod.main(["--config", str(TINY_CONFIG), "--vary", "model.harmonizer_mode"]) == 2
+    assert study_run.main(["--config", str(TINY_CONFIG), "--vary", "model.harmonizer_mode"]) == 2
     assert "--vary expects KEY=V1,V2" in capsys.readouterr().err
-    assert study_mod.main(["--seeds", "0"]) == 2
+    assert study_run.main(["--seeds", "0"]) == 2
     assert "give at least one --config" in capsys.readouterr().err
 
 
 def test_study_plan_file_gives_the_same_runs(tmp_path: Path, capsys) -> None:
-    from hwm.experiments import study as study_mod
+    from hwm.experiments import study_run
 
     plan = tmp_path / "plan.yaml"
     plan.write_text(
         f"study:\n  config: [{TINY_CONFIG}]\n  seeds: [0, 1]\n"
         "  vary: {model.harmonizer_mode: [rectified, fixed]}\n  experiment: e\n"
     )
-    assert study_mod.main(["--plan", str(plan), "--dry-run", "--study-id", "s1"]) == 0
+    assert study_run.main(["--plan", str(plan), "--dry-run", "--study-id", "s1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert len(lines) == 4
     assert "--model.harmonizer_mode fixed --seed_everything 1 --data.seed 1" in lines[3]

@@ -57,13 +57,19 @@ def test_published_files_are_package_data_and_credited() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     patterns = config["tool"]["setuptools"]["package-data"]["hwm.experiments"]
-    files = sorted(p.relative_to(REFERENCE_DIR.parent).as_posix() for p in REFERENCE_DIR.iterdir())
+    files = sorted(
+        p.relative_to(REFERENCE_DIR.parent).as_posix() for p in REFERENCE_DIR.rglob("*") if p.is_file()
+    )
     assert {f for f in files if any(fnmatch.fnmatch(f, p) for p in patterns)} == set(files)
     assert {f"reference_scores/{name}" for _, name in scores.REFERENCES.values()} <= set(files)
     notice = (REFERENCE_DIR / "README.md").read_text()
     assert (
         "thuml/HarmonyDream" in notice and "MIT License" in notice and "THUML @ Tsinghua University" in notice
     )
+    # The DMC curves (danijar/dreamerv3's score files) carry their own notice beside them.
+    assert any(f.startswith("reference_scores/dmc/") and f.endswith(".json.gz") for f in files)
+    dmc_notice = (REFERENCE_DIR / "dmc" / "README.md").read_text()
+    assert "danijar/dreamerv3" in dmc_notice and "MIT" in dmc_notice
 
 
 def test_game_names_and_human_normalised_scores() -> None:

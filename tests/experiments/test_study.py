@@ -18,6 +18,7 @@ import pytest
 
 from helpers import TINY_CONFIG, TINY_EXPERIMENT, cli_env
 from hwm.experiments import study as study_mod
+from hwm.experiments import study_run
 from hwm.experiments.study_folder import SlotRecord, write_record
 from hwm.experiments.study_sbatch import SlurmOptionsError, minutes
 
@@ -92,13 +93,13 @@ def test_a_rerun_must_define_the_same_study_and_resume_takes_it_from_its_folder(
     monkeypatch.chdir(tmp_path)
     base = ["--config", str(TINY_CONFIG), "--study-id", "s1"]
     study_mod.save_definition(study_mod.build([*base, "--seeds", "0", "1"]))
-    assert study_mod.main([*base, "--seeds", "0", "2"]) == 2
+    assert study_run.main([*base, "--seeds", "0", "2"]) == 2
     err = capsys.readouterr().err
     assert (
         "study 's1' exists (studies/s1/study.json) with a different seeds; rerun it with `hwm study --resume s1`"
         in err
     )
-    assert study_mod.main(["--resume", "s1", "--seeds", "3"]) == 2
+    assert study_run.main(["--resume", "s1", "--seeds", "3"]) == 2
     assert "--resume takes the study's definition from its folder; drop --seeds" in capsys.readouterr().err
     resumed = study_mod.build(["--resume", "s1", "--jobs", "2"])
     assert resumed.seeds == [0, 1] and resumed.jobs == 2 and resumed.workdir == str(tmp_path)
@@ -128,7 +129,7 @@ def test_a_rerun_skips_finished_runs_and_continues_an_interrupted_one_from_its_c
     (run / "update-000000020.ckpt").write_bytes(b"")
     (run / "last.ckpt").symlink_to("update-000000020.ckpt")
     (tmp_path / "checkpoints" / "r" / fresh.key / "fedc3210").mkdir(parents=True)
-    assert study_mod.main(["--resume", "r", "--dry-run"]) == 0
+    assert study_run.main(["--resume", "r", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "[1/3] seed=0: finished earlier"
     assert (
@@ -140,7 +141,7 @@ def test_a_rerun_skips_finished_runs_and_continues_an_interrupted_one_from_its_c
 
 def test_the_slurm_launcher_refuses_a_sqlite_store(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    assert study_mod.main(["--config", str(TINY_CONFIG), "--launcher", "slurm", "--study-id", "s"]) == 2
+    assert study_run.main(["--config", str(TINY_CONFIG), "--launcher", "slurm", "--study-id", "s"]) == 2
     err = capsys.readouterr().err.strip()
     assert (
         err.startswith("hwm study: error: --launcher slurm needs an MLflow tracking server")
@@ -212,7 +213,8 @@ def test_a_study_killed_in_its_second_run_resumes_it_and_repeats_no_finished_run
         "--progress-every",
         "2",
     ]
-    args += ["--", "--checkpoint.every_updates", "5"]  # the tiny preset: 400 frames
+    # Longer than the tiny preset's 400 frames: a run of 2 s can end before the kill lands.
+    args += ["--", "--checkpoint.every_updates", "5", "--data.total_frames", "1600"]
     env = cli_env()
     study = subprocess.Popen(
         [sys.executable, "-m", "hwm.cli", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
@@ -226,7 +228,7 @@ def test_a_study_killed_in_its_second_run_resumes_it_and_repeats_no_finished_run
         study.send_signal(signal.SIGKILL)
         study.communicate(timeout=60)
     rows = _table(running.stdout)
-    assert rows["seed=0"][:2] == ["finished", "400/400"] and rows["seed=1"][0] == "running", running.stdout
+    assert rows["seed=0"][:2] == ["finished", "1600/1600"] and rows["seed=1"][0] == "running", running.stdout
     assert running.stdout.splitlines()[-1] == "heavy: []"
 
     rerun = subprocess.run(
@@ -240,7 +242,7 @@ def test_a_study_killed_in_its_second_run_resumes_it_and_repeats_no_finished_run
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "[1/2] seed=0: finished earlier" in rerun.stdout
     assert f"[2/2] seed=1: continuing from {folder.relative_to(tmp_path)}" in rerun.stdout
-    assert any(line.split()[:2] == ["resumed", "seed=1"] for line in rerun.stdout.splitlines())
+    assert any(line.split()[:2] == ["resumed", "seed=1"] for line in rerun.stdout.splitlines()), rerun.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name(TINY_EXPERIMENT)
     runs = client.search_runs([exp.experiment_id], run_view_type=3)  # deleted ones too: there are none
@@ -251,9 +253,9 @@ def test_a_study_killed_in_its_second_run_resumes_it_and_repeats_no_finished_run
     resumed = next(r for r in runs if r.data.tags["seed"] == "1")
     assert resumed.info.run_id == folder.name and resumed.data.tags["resumes"] == "1"
     steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "progress/env_frames")]
-    assert sorted(steps) == sorted(set(steps)) and max(steps) == 400
+    assert sorted(steps) == sorted(set(steps)) and max(steps) == 1600
     finished = _status(tmp_path, "kill")
     assert "2 runs (2 finished)" in finished.stdout and _table(finished.stdout)["seed=1"][:2] == [
         "finished",
-        "800/800",
+        "1600/1600",
     ]

@@ -85,3 +85,30 @@ def test_resume_sends_what_the_checkpoint_had_not_sent() -> None:
     _wait(lambda: len(logger.logged) == 2)
     buffer.close()
     assert [step for step, _ in logger.logged] == [3, 4]
+
+
+def test_a_batch_stored_before_the_connection_dropped_is_not_logged_twice(tmp_path, monkeypatch) -> None:
+    """A server stopped mid-request can store a batch and never answer; the retry must not log it again."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    logger = MLFlowLogger(experiment_name="e", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    dropped: list[int] = []
+    real = logger.log_metrics
+
+    def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+        real(metrics, step)
+        if step == 1 and not dropped:
+            dropped.append(step)
+            raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(logger, "log_metrics", log_metrics)
+    buffer = TrackingBuffer(retry_seconds=0.05)
+    buffer.attach(logger, StopRequests())
+    for step in range(3):
+        buffer.write({"a": float(step), "b": 1.0}, step)
+    _wait(lambda: buffer.sent == 3)
+    buffer.close()
+    assert dropped == [1]
+    for key in ("a", "b"):
+        history = logger.experiment.get_metric_history(logger.run_id, key)
+        assert [m.step for m in history] == [0, 1, 2]

@@ -65,8 +65,10 @@ def _report(cli: HwmCLI, reason: StopReason, saved: Path | None) -> int:
         where = f"checkpoint {saved}; continue with: hwm fit --ckpt_path {saved.parent}"
     elif reason.checkpoint and last is None:
         where = "no checkpoint (checkpointing is off)"
+    elif last is None:
+        where = "last good checkpoint: none"
     else:
-        where = f"last good checkpoint: {last or 'none'}"
+        where = f"last good checkpoint: {last}; continue with: hwm fit --ckpt_path {last.parent}"
     print(f"hwm: {reason.message}; {where} (exit status {reason.status})", file=sys.stderr)
     logger = cli.trainer.logger
     if reason.status != EXIT_TRACKING and isinstance(logger, MLFlowLogger) and cli.trainer.is_global_zero:
