@@ -24,6 +24,7 @@ from hwm.experiments.study_slot import (
     mlflow_runs,
     run_slot,
 )
+from hwm.experiments.tracking import prepare_experiment
 
 
 class _Stop:
@@ -84,6 +85,7 @@ def launch(study: Study) -> int:
                 f"[{slot.index}/{n}] {slot.name}: {shlex.join(cmd + (['--ckpt_path', str(resume)] if resume else []))}"
             )
         return 0
+    prepare_experiment(study.tracking(), study.experiment_name())  # runs in parallel would race to create it
     known = _known_runs(study, slots)
     say_lock = threading.Lock()
 

@@ -31,6 +31,7 @@ from hwm.experiments.study_slot import (
     mlflow_runs,
     run_slot,
 )
+from hwm.experiments.tracking import prepare_experiment
 
 
 def shared_store_problem(uri: str) -> str | None:
@@ -69,6 +70,8 @@ def launch(study: Study) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+    if not study.dry_run:
+        prepare_experiment(study.tracking(), study.experiment_name())  # the array's tasks start at once
     by_key: dict[str, list[Any]] = {}
     for run in runs or []:
         by_key.setdefault(run.data.tags.get(STUDY_RUN_TAG, ""), []).append(run)

@@ -68,3 +68,40 @@ def sqlite_path(uri: str) -> Path | None:
     # sqlite:///mlflow.db -> "/mlflow.db" (relative); sqlite:////abs/mlflow.db -> "//abs/mlflow.db".
     path = unquote(parsed.path)
     return Path(path[1:] if path.startswith("/") else path)
+
+
+def prepare_experiment(uri: str, name: str) -> str | None:
+    """`ensure_experiment` for a launcher: None (and a line on stderr) when the store cannot be prepared;
+    each run then meets the problem itself and reports it in its log."""
+    import sys
+
+    try:
+        return ensure_experiment(uri, name)
+    except Exception as exc:
+        print(f"hwm study: could not prepare MLflow experiment {name!r} in {uri}: {exc}", file=sys.stderr)
+        return None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name`` in the store at ``uri``, created (with hwm's kind tag) if missing.
+
+    A study calls this once before it starts runs in parallel: two runs creating the same experiment (or
+    setting its tag) at once collide on the store's unique keys, and one of them fails."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            experiment_id = client.create_experiment(name)
+        except MlflowException:  # another process created it meanwhile
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            experiment_id = found.experiment_id
+    else:
+        experiment_id = found.experiment_id
+    if found is None or found.tags.get(EXPERIMENT_KIND_TAG[0]) != EXPERIMENT_KIND_TAG[1]:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND_TAG)
+    return experiment_id
