@@ -29,6 +29,12 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def hwm_env() -> dict[str, str]:
+    """``cli_env()`` for tests that start `hwm` themselves (``subprocess.Popen``)."""
+    return cli_env()
+
+
 @pytest.fixture(autouse=True)
 def _restore_environ() -> Iterator[None]:
     """In-process runs seed through Lightning, which exports PL_GLOBAL_SEED; keep that out of other tests."""

@@ -40,6 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"hwm: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    try:
+        return _run(command, rest)
+    except KeyboardInterrupt:
+        from hwm.training.stop import EXIT_INTERRUPTED
+
+        # A Ctrl-C before a run's own handling is in place (importing, parsing, building the envs): nothing
+        # was trained, so nothing is lost; one line instead of the traceback of wherever it landed.
+        what = " before training started; nothing to save" if command == "fit" else ""
+        print(f"\nhwm {command}: interrupted{what}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(command: str, rest: list[str]) -> int:
     # Each command imports what it needs only: comparing runs needs no Lightning, no simulator.
     if command == "study":
         from hwm.experiments.study import main as study_main
@@ -82,6 +95,7 @@ def fit(args: list[str]) -> int:
     from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
     try:
+        prepare_tracking_store(args)
         # Nothing Lightning says while building should precede a one-line error.
         with held_logs(SEED_LOG, RANK_ZERO_LOG):
             cli, resume = build_or_resume(args)
@@ -97,8 +111,9 @@ def fit(args: list[str]) -> int:
         print(f"hwm fit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nhwm: interrupted before training started; nothing to save", file=sys.stderr)
+        print("\nhwm fit: interrupted before training started; nothing to save", file=sys.stderr)
         return EXIT_INTERRUPTED
+    status = EXIT_INTERRUPTED
     try:
         size_threads(cli.trainer)
         from hwm.cli.stopping import train
@@ -106,11 +121,36 @@ def fit(args: list[str]) -> int:
         status = train(cli, resume)
         # Not after a tracking outage (the summary reads the server) or a stop at once (no waiting).
         if cli.trainer.is_global_zero and status in (0, EXIT_PREEMPTED):
-            print_summary(cli, run_id)
+            print_summary(cli, run_id, stopped=status == EXIT_PREEMPTED)
+        return status
+    except KeyboardInterrupt:
+        # A Ctrl-C after the run has ended and said how (its summary cut short): the status stands.
+        print(f"\nhwm: interrupted; exit status {status}", file=sys.stderr)
         return status
     finally:
         if lock is not None:
             lock.release()
+
+
+def prepare_tracking_store(args: list[str]) -> None:
+    """A new run's sqlite store is created (tables and experiment) before the run's logger opens it, under a
+    lock: two runs started together in a fresh folder would otherwise both migrate it, and one would die."""
+    from hwm.cli.prescan import flag_value, last_value
+    from hwm.experiments.store import prepare_store
+    from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI
+
+    logger = "trainer.logger.init_args."
+    if flag_value(args, "--ckpt_path") is not None or any(a.startswith("--print_config") for a in args):
+        return  # a resume's store exists (its config names it); printing the config writes nothing
+    given = last_value(args, "trainer.logger", "")
+    if given is None or str(given).lower() in ("false", "none", "null"):
+        return
+    class_path = last_value(args, "trainer.logger.class_path") or (given if isinstance(given, str) else "")
+    class_path = class_path or "MLFlowLogger"
+    if not str(class_path).endswith("MLFlowLogger"):
+        return  # another logger: no MLflow store
+    uri = last_value(args, logger + "tracking_uri") or DEFAULT_URI
+    prepare_store(str(uri), str(last_value(args, logger + "experiment_name") or DEFAULT_EXPERIMENT))
 
 
 def announce(cli: HwmCLI, resume: Resume, picked_last: bool) -> None:
@@ -120,7 +160,7 @@ def announce(cli: HwmCLI, resume: Resume, picked_last: bool) -> None:
     if resume.requeued_job is not None:
         print(f"hwm: SLURM job {resume.requeued_job} was requeued: continuing its run", file=sys.stderr)
     frames = resume.env_frames
-    why = " (--ckpt_path last: the newest run under the checkpoint folder)" if picked_last else ""
+    why = " (--ckpt_path last: the newest run of this task and experiment)" if picked_last else ""
     print(
         f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path}{why} "
         f"({resume.meta['updates']} updates, {frames} env frames)"
@@ -141,11 +181,11 @@ def announce(cli: HwmCLI, resume: Resume, picked_last: bool) -> None:
         )
 
 
-def print_summary(cli: HwmCLI, run_id: str | None) -> None:
+def print_summary(cli: HwmCLI, run_id: str | None, stopped: bool = False) -> None:
     """The end-of-run block: which run, how it did, where its checkpoint is, what to type next."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from hwm.cli.summary import summarize_run
+    from hwm.cli.summary import Evaluations, summarize_run
 
     logger = cli.trainer.logger
     checkpoint = cli.periodic_checkpoint()
@@ -157,6 +197,8 @@ def print_summary(cli: HwmCLI, run_id: str | None) -> None:
         frames=int(cli.data.counters.get("env_frames", 0)),
         updates=cli.agent.updates,
         run_dir=checkpoint.run_dir if checkpoint is not None else None,
+        stopped=stopped,
+        evaluations=Evaluations(cli.data.evaluator.episodes, cli.data.evaluator.every),
     )
     print("\n".join(summary.lines()), file=sys.stderr)
 
@@ -164,9 +206,12 @@ def print_summary(cli: HwmCLI, run_id: str | None) -> None:
 def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str | None]:
     """Takes the run folder's lock, records the run in MLflow (rank 0) and points the checkpoints at the
     run's folder; returns the lock (held until the process ends or releases it) and the MLflow run's id."""
+    import yaml
+
     from hwm.checkpoints.lock import RunLock
     from hwm.checkpoints.preemption import slurm_job_id
     from hwm.cli.run_log import ResumeRecord, log_run
+    from hwm.cli.run_match import run_identity
 
     lock = None
     if resume is not None and cli.trainer.is_global_zero:
@@ -196,6 +241,8 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str |
             lock = RunLock(run_dir).acquire()
     tracking = cli.config.get("trainer.logger.init_args.tracking_uri") if run_id is not None else None
     info = {"run_id": run_id, "tracking_uri": tracking, "slurm_job": slurm_job_id(), "config": config}
+    # Each checkpoint's sidecar names its run's task and experiment: what `--ckpt_path last` matches.
+    info |= run_identity(yaml.safe_load(config))
     checkpoint.start_run(run_dir, info)
     return lock, run_id
 

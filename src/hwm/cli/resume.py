@@ -28,7 +28,7 @@ from hwm.checkpoints.validate import (
 from hwm.cli.errors import ConfigError
 from hwm.cli.fit import HwmCLI, build_cli
 from hwm.cli.prescan import PrescanError, config_paths, flag_value, pop_flag, read_config, split_config_files
-from hwm.cli.run_match import OtherRunError, check_same_run, same_value
+from hwm.cli.run_match import OtherRunError, check_same_run, newest_run_like, same_value
 from hwm.data.datamodule import ReplayDataModule
 from hwm.experiments.tracking import upgrade_class_paths
 
@@ -100,11 +100,18 @@ def build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
     requeued = job_checkpoint(root, job) if ckpt_arg is None and job is not None else None
     if ckpt_arg is None and requeued is None:
         return build_cli(args), None
-    # A requeued SLURM job runs its script again: it continues its own run (``--ckpt_path last`` of it).
-    path = requeued if requeued is not None else resolve_ckpt_path(str(ckpt_arg), root)
-    checkpoint = load_for_resume(path)
-    saved = {k: v for k, v in yaml.safe_load(checkpoint[HWM_KEY]["config"]).items() if k not in IGNORED_KEYS}
     try:
+        # A requeued SLURM job runs its script again: it continues its own run (``--ckpt_path last`` of it).
+        if requeued is not None:
+            path = requeued
+        elif ckpt_arg == "last":
+            path = newest_run_like(args, root)
+        else:
+            path = resolve_ckpt_path(str(ckpt_arg), root)
+        checkpoint = load_for_resume(path)
+        saved = {
+            k: v for k, v in yaml.safe_load(checkpoint[HWM_KEY]["config"]).items() if k not in IGNORED_KEYS
+        }
         check_same_run(args, saved, path, picked_as_last=ckpt_arg == "last")
     except OtherRunError as exc:
         raise ConfigError(str(exc)) from exc
