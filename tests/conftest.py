@@ -153,3 +153,39 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> LoggedRun:
     """The default end-to-end run (conf/tiny.yaml, rectified harmonizers), trained once per session."""
     workdir = tmp_path_factory.mktemp("tiny_run")
     return fit_and_load(workdir, ["--config", TINY_CONFIG])
+
+
+@dataclass
+class ExecutedNotebook:
+    """A notebook after a Jupyter kernel ran it: its cells with their outputs."""
+
+    cells: list
+
+    def output(self, stream: str) -> str:
+        """What the cells wrote to ``stream`` (``stdout`` or ``stderr``: warnings land there)."""
+        return "".join(
+            out.get("text", "")
+            for cell in self.cells
+            for out in cell.get("outputs", [])
+            if out.get("name") == stream
+        )
+
+
+@pytest.fixture
+def run_notebook() -> Callable[..., ExecutedNotebook]:
+    """`run_notebook(notebook, folder, timeout=600)`: executes the notebook in a Jupyter kernel started in
+    ``folder``, as Jupyter runs a notebook in the folder it lies in. The kernel inherits this process's
+    environment (``HWM_*`` settings, ``PYTHONPATH``)."""
+
+    def run(notebook: Path, folder: Path, timeout: float = 600) -> ExecutedNotebook:
+        import nbformat
+        from nbclient import NotebookClient
+
+        nb = nbformat.read(notebook, as_version=4)
+        client = NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+        )
+        client.execute()
+        return ExecutedNotebook(nb.cells)
+
+    return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,17 +58,28 @@ class GroupStats:
     run_ids: list[str] = field(default_factory=list)
 
 
-def mlflow_client(tracking_uri: str) -> Any:
-    """A client of an existing store: reading never creates one (MLflow would make an empty sqlite file)."""
+FIND_STORE_HINT = "run hwm compare where hwm fit ran (it writes mlflow.db there), or pass --tracking-uri"
+
+
+def mlflow_client(tracking_uri: str, hint: str = FIND_STORE_HINT) -> Any:
+    """A client of an existing store: reading never creates one (MLflow would make an empty sqlite file);
+    ``hint`` says how to name the right one where the store is missing."""
     database = sqlite_path(tracking_uri)
     if database is not None and not database.is_file():
         raise CompareError(
-            f"no MLflow store at {str(database.absolute())!r} (tracking URI {tracking_uri}): run hwm compare "
-            "where hwm fit ran (it writes mlflow.db there), or pass --tracking-uri"
+            f"no MLflow store at {str(database.absolute())!r} (tracking URI {tracking_uri}): {hint}"
         )
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def find_store(start: Path | None = None) -> Path:
+    """The folder holding ``mlflow.db`` (the store ``hwm fit`` writes where it runs): ``start`` (default: the
+    working folder) or the nearest folder above it, else ``start`` itself. Jupyter runs a notebook inside
+    its own folder (``notebooks/``), one below where ``hwm fit`` ran."""
+    here = (start or Path.cwd()).absolute()
+    return next((folder for folder in (here, *here.parents) if (folder / "mlflow.db").is_file()), here)
 
 
 def resolve_experiment(tracking_uri: str, experiment: str | None) -> tuple[str, str | None]:
