@@ -62,3 +62,29 @@ def test_last_refuses_when_no_run_is_of_the_config(tmp_path: Path) -> None:
     assert message.startswith(f"--ckpt_path last: no run under {str(root)!r} is of task 'walker-walk' and ")
     assert f"the newest, '{root / 'c' / 'last.ckpt'}', is of task 'cartpole-balance'" in message
     assert "\n" not in message
+
+
+def test_a_spent_budget_is_said_before_anything_is_built() -> None:
+    from hwm.cli.resume import NothingToTrain, check_budget_left
+
+    checkpoint = {"ReplayDataModule": {"counters": {"env_frames": 400}}, "unlogged_metrics": {"metrics": {}}}
+    saved = {"data": {"total_frames": 400}}
+    with pytest.raises(NothingToTrain, match=r"spent the frame budget \(400 >= data.total_frames 400\)"):
+        check_budget_left(checkpoint, saved, [])
+    with pytest.raises(NothingToTrain, match="400 >= data.total_frames 300"):
+        check_budget_left(checkpoint, saved, ["--data.total_frames", "300"])
+    check_budget_left(checkpoint, saved, ["--data.total_frames", "1e3"])  # a larger budget: trains on
+    # Metrics the tracking server never got go out with a resume, even one with nothing to train.
+    unsent = {**checkpoint, "callbacks": {"TrackingBuffer": {"unsent": [[400, {"eval/return": 1.0}]]}}}
+    check_budget_left(unsent, saved, [])
+
+
+def test_resuming_a_finished_run_says_so_and_leaves_it_finished(tiny_run, run_hwm) -> None:
+    run_dir = tiny_run.workdir / "checkpoints" / tiny_run.run_id
+    proc = run_hwm(["fit", "--ckpt_path", run_dir], tiny_run.workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "hwm: the checkpoint has spent the frame budget (400 >= data.total_frames 400): nothing to train; "
+        "pass a larger --data.total_frames"
+    ]
+    assert tiny_run.client.get_run(tiny_run.run_id).info.status == "FINISHED"

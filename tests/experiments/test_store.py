@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hwm.cli.main import prepare_tracking_store
+from jsonargparse import Namespace
+
+from hwm.cli.fit import prepare_tracking
 
 # Imports MLflow, says so, waits for the go (a line on stdin), then creates the store and its experiment.
 CHILD = (
@@ -47,15 +49,16 @@ def test_two_runs_starting_together_in_a_fresh_folder_both_get_the_store(
 
 def test_only_a_new_run_with_an_mlflow_logger_prepares_a_store(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    for args in (
-        ["--trainer.logger", "false"],
-        ["--trainer.logger.class_path", "lightning.pytorch.loggers.CSVLogger"],
-        ["--ckpt_path", "last"],  # a resume: its store is the one its checkpoint names
-        ["--print_config"],
+    mlflow_logger = "lightning.pytorch.loggers.MLFlowLogger"
+    for logger in (
+        None,  # --trainer.logger false
+        Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=".")),
+        Namespace(class_path=mlflow_logger, init_args=Namespace(run_id="abc")),  # a resume: its store exists
     ):
-        prepare_tracking_store(args)
-        assert not (tmp_path / "mlflow.db").exists(), args
-    prepare_tracking_store(["--trainer.logger.init_args.experiment_name", "mine"])
+        prepare_tracking(Namespace(trainer=Namespace(logger=logger)))
+        assert not (tmp_path / "mlflow.db").exists(), logger
+    fresh = Namespace(class_path=mlflow_logger, init_args=Namespace(experiment_name="mine", run_id=None))
+    prepare_tracking(Namespace(trainer=Namespace(logger=fresh)))
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

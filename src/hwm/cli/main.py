@@ -70,14 +70,20 @@ def fit(args: list[str]) -> int:
     (docs/reliability.md)."""
     # Must be set before dm_control/mujoco pick a GL backend at import time; EGL works headless.
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from hwm.cli.quiet import pop_verbose, quiet_start
+
+    args, verbose = pop_verbose(args)
+    if not verbose:
+        quiet_start()
     if not {"-h", "--help"} & set(args):
-        from hwm.cli.preflight import PreflightError, check_config_files, check_writable
+        from hwm.cli.preflight import PreflightError, check_accelerator, check_config_files, check_writable
         from hwm.experiments.tracking import DEFAULT_URI
 
         # Before Lightning is imported: a bad file or an unwritable store is one line in a fraction of a second.
         try:
             check_config_files(args)
             check_writable(args, DEFAULT_URI)
+            check_accelerator(args)
         except PreflightError as exc:
             print(f"hwm fit: error: {exc}", file=sys.stderr)
             return 2
@@ -90,12 +96,11 @@ def fit(args: list[str]) -> int:
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
     from hwm.cli.prescan import flag_value
-    from hwm.cli.resume import build_or_resume
+    from hwm.cli.resume import NothingToTrain, build_or_resume
     from hwm.cli.summary import budget_notice
     from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
     try:
-        prepare_tracking_store(args)
         # Nothing Lightning says while building should precede a one-line error.
         with held_logs(SEED_LOG, RANK_ZERO_LOG):
             cli, resume = build_or_resume(args)
@@ -110,6 +115,9 @@ def fit(args: list[str]) -> int:
     except (ConfigError, CheckpointError, RunFolderLocked) as exc:
         print(f"hwm fit: error: {exc}", file=sys.stderr)
         return 2
+    except NothingToTrain as exc:
+        print(exc, file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
         print("\nhwm fit: interrupted before training started; nothing to save", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -132,27 +140,6 @@ def fit(args: list[str]) -> int:
             lock.release()
 
 
-def prepare_tracking_store(args: list[str]) -> None:
-    """A new run's sqlite store is created (tables and experiment) before the run's logger opens it, under a
-    lock: two runs started together in a fresh folder would otherwise both migrate it, and one would die."""
-    from hwm.cli.prescan import flag_value, last_value
-    from hwm.experiments.store import prepare_store
-    from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI
-
-    logger = "trainer.logger.init_args."
-    if flag_value(args, "--ckpt_path") is not None or any(a.startswith("--print_config") for a in args):
-        return  # a resume's store exists (its config names it); printing the config writes nothing
-    given = last_value(args, "trainer.logger", "")
-    if given is None or str(given).lower() in ("false", "none", "null"):
-        return
-    class_path = last_value(args, "trainer.logger.class_path") or (given if isinstance(given, str) else "")
-    class_path = class_path or "MLFlowLogger"
-    if not str(class_path).endswith("MLFlowLogger"):
-        return  # another logger: no MLflow store
-    uri = last_value(args, logger + "tracking_uri") or DEFAULT_URI
-    prepare_store(str(uri), str(last_value(args, logger + "experiment_name") or DEFAULT_EXPERIMENT))
-
-
 def announce(cli: HwmCLI, resume: Resume, picked_last: bool) -> None:
     """Says what a resume continues, what it changed, and what it kept."""
     from hwm.checkpoints.validate import describe
@@ -171,12 +158,6 @@ def announce(cli: HwmCLI, resume: Resume, picked_last: bool) -> None:
         print(
             f"hwm: kept the checkpoint's settings over the config files for {describe(resume.shadowed)} "
             "(file -> checkpoint); pass --key value to change one",
-            file=sys.stderr,
-        )
-    if frames >= cli.data.total_frames:
-        print(
-            f"hwm: the checkpoint has spent the frame budget ({frames} >= data.total_frames "
-            f"{cli.data.total_frames}): nothing to train; pass a larger --data.total_frames",
             file=sys.stderr,
         )
 
