@@ -7,14 +7,21 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY_CONFIG, LoggedRun, MlflowServer, fit_and_load
+from helpers import TINY_CONFIG, LoggedRun, MlflowServer, cli_env, fit_and_load
 
 # Before anything imports MuJoCo (hwm.cli sets the same default).
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+@pytest.fixture
+def hwm_env() -> dict[str, str]:
+    """``cli_env()`` for tests that start `hwm` themselves (``subprocess.Popen``)."""
+    return cli_env()
 
 
 @pytest.fixture(autouse=True)
@@ -127,3 +134,39 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@dataclass
+class ExecutedNotebook:
+    """A notebook after a Jupyter kernel ran it: its cells with their outputs."""
+
+    cells: list
+
+    def output(self, stream: str) -> str:
+        """What the cells wrote to ``stream`` (``stdout`` or ``stderr``: warnings land there)."""
+        return "".join(
+            out.get("text", "")
+            for cell in self.cells
+            for out in cell.get("outputs", [])
+            if out.get("name") == stream
+        )
+
+
+@pytest.fixture
+def run_notebook() -> Callable[..., ExecutedNotebook]:
+    """`run_notebook(notebook, folder, timeout=600)`: executes the notebook in a Jupyter kernel started in
+    ``folder``, as Jupyter runs a notebook in the folder it lies in. The kernel inherits this process's
+    environment (``HWM_*`` settings, ``PYTHONPATH``)."""
+
+    def run(notebook: Path, folder: Path, timeout: float = 600) -> ExecutedNotebook:
+        import nbformat
+        from nbclient import NotebookClient
+
+        nb = nbformat.read(notebook, as_version=4)
+        client = NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+        )
+        client.execute()
+        return ExecutedNotebook(nb.cells)
+
+    return run

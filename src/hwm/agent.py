@@ -294,10 +294,9 @@ class HarmonyDreamAgent(L.LightningModule):
         if pending:
             self._log(pending)
         self._log_media()
-        if self._stream.stream_finished:
-            self.frame_log.flush(self._write)
-        # else the run stops early (a signal, a filed stop): the current step's metrics may still grow
-        # after a resume, so they travel with the checkpoint (``on_save_checkpoint``), unwritten.
+        # The run ends here, at its budget or stopped early: its last step goes out now. A stop's checkpoint
+        # (taken before) carries it unwritten too; a resume writes only what the step gains after it.
+        self.frame_log.flush(self._write)
         # The stream ends only when the frame budget is spent.
         self.trainer.should_stop = True
 
@@ -313,7 +312,7 @@ class HarmonyDreamAgent(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Metrics of the current step may still grow (e.g. a final evaluation at these frames): they travel
-        # with the checkpoint instead of being written now, so a step is never written twice.
+        # with the checkpoint unwritten, and a resume learns from the run whether they were written since.
         checkpoint["unlogged_metrics"] = self.frame_log.state_dict()
         checkpoint["nonfinite"] = self.nonfinite.state_dict()
 

@@ -22,10 +22,12 @@ from hwm.agent import HarmonyDreamAgent
 from hwm.checkpoints.callback import PeriodicCheckpoint
 from hwm.checkpoints.io import AtomicCheckpointIO
 from hwm.checkpoints.preemption import Preemption
-from hwm.cli.errors import ConfigError, explain_parse_error, one_line
+from hwm.cli.errors import ConfigError, explain_config_error, one_line
+from hwm.cli.numbers import whole_numbers
 from hwm.cli.wiring import RunCallbacks, link, wire
 from hwm.config.prescan import last_value
 from hwm.data.datamodule import ReplayDataModule
+from hwm.experiments.store import prepare_store
 from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, default_run_name
 from hwm.models import presets
 from hwm.training.progress import FrameProgressBar
@@ -82,10 +84,17 @@ class HwmCLI(LightningCLI):
         # model.base / model.size choose the classes and their defaults before parsing, so that every
         # explicit key (model.world_model.init_args.deter, ...) still overrides the preset.
         if isinstance(args, (list, tuple)):
+            args = whole_numbers(args)  # --data.total_frames 1e5
             base = last_value(args, "model.base", "dreamerv2")
             parser.set_defaults(presets.defaults(base, last_value(args, "model.size")))
         super().parse_arguments(parser, args)
         name_run(self.config)
+
+    def before_instantiate_classes(self) -> None:
+        # After LightningCLI seeded (and drew the seed of ``seed_everything: true``), before the classes exist.
+        share_seed(self.config)
+        # Before the logger opens the store: a new sqlite store is created once, under a lock.
+        prepare_tracking(self.config)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("enable_checkpointing") is False:
@@ -144,6 +153,28 @@ def _requeue_signal(plugins: list[Any]) -> signal.Signals | None:
     return signal.Signals(slurm.requeue_signal)
 
 
+def share_seed(config: Namespace) -> None:
+    """``data.seed`` left unset takes the run's ``seed_everything``: one seed for the networks and the envs
+    (``--seed_everything 3`` alone changes both, as the run's name says); a ``data.seed`` given stays."""
+    if config.get("data.seed") is None:
+        seed = config.get("seed_everything")
+        config["data.seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
+
+def prepare_tracking(config: Namespace) -> None:
+    """Creates a new run's MLflow store and experiment (``hwm.experiments.store``): runs started together in a
+    fresh folder would otherwise both migrate one new database, and one would die."""
+    logger = config.get("trainer.logger")
+    if not isinstance(logger, Namespace) or not str(logger.get("class_path", "")).endswith("MLFlowLogger"):
+        return
+    if logger.get("init_args.run_id"):
+        return  # a resume: its store and experiment exist (it checks them itself)
+    prepare_store(
+        str(logger.get("init_args.tracking_uri") or DEFAULT_URI),
+        str(logger.get("init_args.experiment_name") or DEFAULT_EXPERIMENT),
+    )
+
+
 def name_run(config: Namespace) -> None:
     """Gives a new MLflow run a distinct, readable name (task-mode-seed-time) unless one was chosen."""
     logger = config.get("trainer.logger")
@@ -156,7 +187,9 @@ def name_run(config: Namespace) -> None:
     )
 
 
-FIT_USAGE = "hwm fit --config FILE [--config FILE ...] [--section.key VALUE ...] [--ckpt_path PATH|last]"
+FIT_USAGE = (
+    "hwm fit --config FILE [--config FILE ...] [--section.key VALUE ...] [--ckpt_path PATH|last] [--verbose]"
+)
 SEED_LOG = "lightning.fabric.utilities.seed"
 RANK_ZERO_LOG = "lightning.pytorch.utilities.rank_zero"
 # TorchRL announces every storage it allocates on stdout; keep stdout for results.
@@ -220,14 +253,16 @@ def build_cli(args: Sequence[str]) -> HwmCLI:
                     # argparse's usage would list all ~80 options before the first explanation.
                     "usage": FIT_USAGE,
                     "description": "Train a HarmonyDream agent. Every option is a class's keyword argument: "
-                    "hwm's own (model.*, data.*, progress_bar.*, checkpoint.*) first, Lightning's Trainer last.",
+                    "hwm's own (model.*, data.*, progress_bar.*, checkpoint.*) first, Lightning's Trainer last. "
+                    "--verbose (-v) also shows what Lightning, MLflow and the simulators print while the run "
+                    "starts.",
                 },
                 auto_configure_optimizers=False,
             )
     except SystemExit:
         raise
     except (ArgumentError, KeyError) as exc:  # jsonargparse: unknown keys, wrong types, missing files
-        raise ConfigError(explain_parse_error(exc)) from exc
+        raise ConfigError(explain_config_error(exc, args)) from exc
     except (ValueError, FileNotFoundError, MisconfigurationException) as exc:
         raise ConfigError(one_line(exc)) from exc
     cli.wire()

@@ -63,7 +63,8 @@ class ReplayDataModule(L.LightningDataModule):
         video_every: env frames between evaluations whose first episode is recorded (pixels only; the
             agent logs it and an open-loop imagination video as GIF artifacts); 0: no videos.
         seed: seeds the training envs (env ``i`` of process ``r``: ``seed + 10007 r + i``); evaluation
-            episode ``j`` uses ``seed + 1000 + training episodes so far + j``.
+            episode ``j`` uses ``seed + 1000 + training episodes so far + j``. Unset (null), ``hwm fit``
+            takes the run's ``seed_everything``: one seed drives the networks and the envs.
         num_envs: training envs per process, stepped together and acted for with one batched policy call;
             every env's frames count towards ``total_frames`` and the train ratio (docs/scale.md).
         parallel_envs: several envs run in worker processes (TorchRL ``ParallelEnv``); False steps them
@@ -96,7 +97,7 @@ class ReplayDataModule(L.LightningDataModule):
         eval_episodes: int = 5,
         fast_render: bool = True,
         video_every: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         num_envs: int = 1,
         parallel_envs: bool = True,
         eval_envs: int = 1,
@@ -128,6 +129,7 @@ class ReplayDataModule(L.LightningDataModule):
         self.action_repeat = action_repeat
         self.total_frames, self.prefill_frames, self.pretrain = total_frames, prefill_frames, pretrain
         self.train_ratio, self.batch_size, self.seq_len = train_ratio, batch_size, seq_len
+        seed = 0 if seed is None else seed
         self.seed, self.num_envs, self.parallel_envs = seed, num_envs, parallel_envs
         # Probing the env here (not in setup) validates the task early and lets the CLI hand its facts to
         # the agent's constructor.

@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+from torchrl.envs import EnvBase
 from torchrl.envs.utils import set_exploration_type
 
+from hwm.data.workers import batched_env, close_env
 from hwm.envs import reward_factors
 from hwm.envs.common import SUCCESS_KEY, EnvInfo
 from hwm.envs.suites import EnvConfig
@@ -156,9 +157,7 @@ class Evaluator:
         if self.envs == 1:
             return env_factory(seed)
         factories = [functools.partial(env_factory, seed + i) for i in range(self.envs)]
-        if self.parallel:
-            return ParallelEnv(self.envs, factories, mp_start_method="spawn")
-        return SerialEnv(self.envs, factories)
+        return batched_env(factories, parallel=self.parallel)
 
     def _record(self, rollout: TensorDictBase, frames: float) -> EvalEpisode:
         while self.next_video <= frames:
@@ -188,5 +187,5 @@ class Evaluator:
 
     def close(self) -> None:
         if self._env is not None:
-            self._env.close()
+            close_env(self._env)
             self._env = None

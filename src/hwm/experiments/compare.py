@@ -33,6 +33,8 @@ from hwm.experiments.runs import (
     groups,
     load_runs,
     resolve_experiment,
+    split_mixed,
+    split_notice,
 )
 from hwm.experiments.scores import iqm_interval
 from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI
@@ -56,6 +58,7 @@ __all__ = [
 
 # Below this many runs a group's bootstrap interval is little more than the spread of its few values.
 FEW_RUNS = 5
+OUTPUTS = ("summary.json", "table.txt", "curves.png", "iqm.png")
 
 
 def summarize(runs: Sequence[RunCurve], *, reps: int = 2000, seed: int = 0) -> list[GroupStats]:
@@ -147,9 +150,15 @@ def compare(
     runs = load_runs(
         tracking_uri, experiment, metric=metric, group_by=group_by, study=study, filter_string=filter_string
     )
+    runs, split = split_mixed(runs, group_by)
+    if split:
+        warnings.warn(split_notice(runs, split), stacklevel=2)
     stats = summarize(runs, reps=reps, seed=seed)
     table = format_table(stats, group_by=group_by, metric=metric)
     out = Path(out_dir)
+    replaced = [out / name for name in OUTPUTS if (out / name).exists()]
+    if replaced:
+        warnings.warn(f"replacing the comparison in {out}/ (--out FOLDER keeps it)", stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "experiment": experiment,
@@ -159,6 +168,7 @@ def compare(
         "reps": reps,
         "seed": seed,
         "groups": [asdict(s) for s in stats],
+        "split_by": split,
     }
     files = [
         write_file(out / "summary.json", json.dumps(summary, indent=2)),
@@ -260,7 +270,8 @@ def main(argv: Sequence[str]) -> int:
             )
             return 2
     for w in caught:
-        if str(w.message).startswith("group "):  # one run, or too few for the interval to mean much
+        # One run or too few in a group, groups split by base or task, an earlier comparison replaced.
+        if str(w.message).startswith(("group ", "runs differ", "replacing")):
             print(f"hwm compare: warning: {w.message}", file=sys.stderr)
     n = len(result.runs)
     print(

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,15 @@ from hwm.envs.atari_scores import atari100k_game, human_normalized_score
 from hwm.experiments import scores
 from hwm.experiments.outputs import log_summary, write_file
 from hwm.experiments.plots import curve_grid, group_curve, plot_intervals
-from hwm.experiments.runs import CompareError, RunCurve, groups, load_runs, search_runs
+from hwm.experiments.runs import (
+    CompareError,
+    RunCurve,
+    groups,
+    load_runs,
+    search_runs,
+    split_mixed,
+    split_notice,
+)
 
 ATARI = "atari"
 HNS_METRIC = "eval/human_normalized_score"
@@ -120,6 +129,9 @@ def compare_across_tasks(
     ]
     if not runs:
         raise CompareError(f"no run of suite {suite!r} logged {metric!r}")
+    runs, split = split_mixed(runs, group_by, among=["model.base"])  # tasks are pooled here by design
+    if split:
+        warnings.warn(split_notice(runs, split), stacklevel=2)
     tasks = by_task(runs, suite)
     hns = suite == ATARI and metric in (DEFAULT_TASK_METRIC, HNS_METRIC)
     normalize: scores.Normalize = "atari" if hns and metric == DEFAULT_TASK_METRIC else None
@@ -262,23 +274,28 @@ def plot_task_curves(
 def main_across_tasks(args: argparse.Namespace) -> int:
     """``hwm compare --across-tasks ...`` with the parsed arguments: prints the tables, exit code 0 or 2."""
     try:
-        result = compare_across_tasks(
-            tracking_uri=args.tracking_uri,
-            experiment=args.experiment,
-            metric=args.metric,
-            group_by=args.group_by,
-            suite=args.suite,
-            study=args.study,
-            filter_string=args.filter,
-            out_dir=args.out,
-            reps=args.reps,
-            seed=args.seed,
-            published=not args.no_published,
-            log_to_mlflow=args.log_to_mlflow,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = compare_across_tasks(
+                tracking_uri=args.tracking_uri,
+                experiment=args.experiment,
+                metric=args.metric,
+                group_by=args.group_by,
+                suite=args.suite,
+                study=args.study,
+                filter_string=args.filter,
+                out_dir=args.out,
+                reps=args.reps,
+                seed=args.seed,
+                published=not args.no_published,
+                log_to_mlflow=args.log_to_mlflow,
+            )
     except CompareError as exc:
         print(f"hwm compare: error: {exc}", file=sys.stderr)
         return 2
+    for w in caught:
+        if str(w.message).startswith("runs differ"):
+            print(f"hwm compare: warning: {w.message}", file=sys.stderr)
     n, tasks = len(result.runs), len({t for r in result.rows if not r.published for t in r.per_task})
     print(
         f"{args.experiment}: {n} run{'s' * (n != 1)} on {tasks} {result.suite} task{'s' * (tasks != 1)} "
