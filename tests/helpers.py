@@ -330,3 +330,23 @@ def assert_same_training(a: dict, b: dict, tmp_path: Path) -> None:
         rb = replay_items(run_folder(tmp_path / "split"), b, n)
         for key in ra:
             assert torch.equal(ra[key], rb[key]), key
+
+
+def fit_parser() -> Any:
+    """`hwm fit`'s argument parser alone (nothing instantiated), built in the current folder, refusing bad
+    input with an exception instead of exiting: what tests that check configs and commands parse need."""
+    from hwm.cli import fit as cli
+
+    class ParseOnly(cli.HwmCLI):
+        def instantiate_classes(self) -> None:  # the parser is all these tests need
+            pass
+
+    return ParseOnly(
+        cli.HarmonyDreamAgent,
+        cli.ReplayDataModule,
+        run=False,
+        args=["--config", str(TINY_CONFIG)],
+        save_config_callback=None,
+        parser_kwargs={"exit_on_error": False, "parser_mode": "omegaconf"},
+        auto_configure_optimizers=False,
+    ).parser
