@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import run_hwm
 from hwm.cli.run_match import OtherRunError, newest_run_like
 
 
@@ -79,7 +80,7 @@ def test_a_spent_budget_is_said_before_anything_is_built() -> None:
     check_budget_left(unsent, saved, [])
 
 
-def test_resuming_a_finished_run_says_so_and_leaves_it_finished(tiny_run, run_hwm) -> None:
+def test_resuming_a_finished_run_says_so_and_leaves_it_finished(tiny_run) -> None:
     run_dir = tiny_run.workdir / "checkpoints" / tiny_run.run_id
     proc = run_hwm(["fit", "--ckpt_path", run_dir], tiny_run.workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]

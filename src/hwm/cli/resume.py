@@ -151,9 +151,15 @@ def check_budget_left(checkpoint: dict[str, Any], saved: dict[str, Any], overrid
     """Raises NothingToTrain when the budget (a ``--data.total_frames`` given now, else the checkpoint's) is
     spent: answered at once instead of after building the whole run. Not when the checkpoint holds metrics
     the tracking server never got: resuming the run is how they are sent (docs/reliability.md)."""
-    unsent = checkpoint.get("callbacks", {}).get(TrackingBuffer.__qualname__, {}).get("unsent")
-    if unsent or checkpoint.get("unlogged_metrics", {}).get("metrics"):
-        return
+    # Metrics the checkpoint holds unsent (queued for the server, or its last step, written after it) may
+    # have reached the store after it was taken: then there is nothing left to send.
+    unsent = checkpoint.get("callbacks", {}).get(TrackingBuffer.__qualname__, {}).get("unsent") or []
+    steps = [int(step) for step, _ in unsent]
+    pending = checkpoint.get("unlogged_metrics", {})
+    if pending.get("metrics"):
+        steps.append(int(pending["step"]))
+    if steps and not _store_has_step(checkpoint, saved, overrides, max(steps)):
+        return  # resuming the run is how they are sent
     state = datamodule_state(checkpoint)
     frames = int(state["counters"]["env_frames"]) if state is not None else 0
     given = flag_value(whole_numbers(overrides), "--data.total_frames")
@@ -166,6 +172,27 @@ def check_budget_left(checkpoint: dict[str, Any], saved: dict[str, Any], overrid
             f"hwm: the checkpoint has spent the frame budget ({frames} >= data.total_frames {budget}): "
             "nothing to train; pass a larger --data.total_frames"
         )
+
+
+def _store_has_step(
+    checkpoint: dict[str, Any], saved: dict[str, Any], overrides: list[str], step: int
+) -> bool:
+    """Whether the run's MLflow store has ``step`` (of ``progress/env_frames``, logged at every step). False
+    where the store cannot say (no MLflow run, or unreachable)."""
+    run_id = checkpoint[HWM_KEY].get("run_id")
+    logger = (saved.get("trainer") or {}).get("logger")
+    uri = flag_value(overrides, "--trainer.logger.init_args.tracking_uri")
+    if uri is None and isinstance(logger, dict):
+        uri = (logger.get("init_args") or {}).get("tracking_uri")
+    if run_id is None or uri is None:
+        return False
+    try:
+        import mlflow
+
+        history = mlflow.MlflowClient(str(uri)).get_metric_history(run_id, "progress/env_frames")
+    except Exception:
+        return False
+    return any(m.step >= step for m in history)
 
 
 def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:

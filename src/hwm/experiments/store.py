@@ -9,8 +9,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from hwm.experiments.tracking import sqlite_path
+from hwm.experiments.tracking import EXPERIMENT_KIND_TAG, sqlite_path
 
 
 @contextmanager
@@ -43,6 +44,44 @@ def prepare_store(tracking_uri: str, experiment: str | None) -> None:
     with folder_lock(folder):
         import mlflow
 
-        client = mlflow.MlflowClient(tracking_uri)  # creates and migrates the tables of a new store
-        if experiment and client.get_experiment_by_name(experiment) is None:
-            client.create_experiment(experiment)
+        # The absolute path: MLflow caches a store per URI, and a relative one means another file after a chdir.
+        client = mlflow.MlflowClient(f"sqlite:///{database.absolute()}")  # creates the tables of a new store
+        if experiment:
+            ensure_experiment(client, experiment)
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name`` (created, with hwm's kind tag, if missing); another process creating it
+    at the same moment is no error."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return str(client.create_experiment(name, tags=dict([EXPERIMENT_KIND_TAG])))
+        except MlflowException:  # created meanwhile by another process
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    return str(found.experiment_id)
+
+
+def prepare_experiment(tracking_uri: str, name: str) -> str | None:
+    """For a study about to start runs in parallel: its experiment, created once beforehand (runs creating it at
+    once collide on the store's unique keys and one fails). None, with a line on stderr, where the store cannot
+    be prepared: each run then meets the problem itself and reports it in its log."""
+    import sys
+
+    try:
+        if sqlite_path(tracking_uri) is not None:
+            prepare_store(tracking_uri, name)
+            return name
+        import mlflow
+
+        return ensure_experiment(mlflow.MlflowClient(tracking_uri), name)
+    except Exception as exc:
+        print(
+            f"hwm study: could not prepare MLflow experiment {name!r} in {tracking_uri}: {exc}",
+            file=sys.stderr,
+        )
+        return None

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 from hwm.experiments.compare import DEFAULT_GROUP_BY
+from hwm.experiments.store import prepare_experiment
 from hwm.experiments.study import STUDY_RUN_TAG, Slot, Study
 from hwm.experiments.study_folder import latest_checkpoint, log_path, read_record
 from hwm.experiments.study_slot import (
@@ -24,7 +25,6 @@ from hwm.experiments.study_slot import (
     mlflow_runs,
     run_slot,
 )
-from hwm.experiments.tracking import prepare_experiment
 
 
 class _Stop:

@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlparse
 
+from hwm.experiments.store import prepare_experiment
 from hwm.experiments.study import STUDY_RUN_TAG, Slot, Study, load_study
 from hwm.experiments.study_folder import log_path, read_record
 from hwm.experiments.study_local import report
@@ -31,7 +32,6 @@ from hwm.experiments.study_slot import (
     mlflow_runs,
     run_slot,
 )
-from hwm.experiments.tracking import prepare_experiment
 
 
 def shared_store_problem(uri: str) -> str | None:
