@@ -149,6 +149,12 @@ class WorldModel(L.LightningModule):
         """Weights of the harmonizers' regularisers log(1 + sigma) per task (1 where absent)."""
         return {}
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """What GradNorm measures each task's gradient on: the RSSM's recurrent cell, which every harmonized
+        task's gradient passes through (the decoder and reward head read its state, the KL its prior and
+        posterior), and the last layer all of them share."""
+        return list(self.rssm.cell.parameters())
+
     @staticmethod
     def feat(state: State) -> Tensor:
         return torch.cat(state, -1)
