@@ -147,3 +147,45 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> LoggedRun:
     """The default end-to-end run (conf/tiny.yaml, rectified harmonizers), trained once per session."""
     workdir = tmp_path_factory.mktemp("tiny_run")
     return fit_and_load(workdir, ["--config", TINY_CONFIG])
+
+
+def write_episode_dataset(folder: Path, episodes: int = 10, steps: int = 20, pixels: bool = False) -> Path:
+    """A folder of ``episodes`` synthetic episodes (``steps`` steps after the reset row) in the replay's chunk
+    format. Episode i's observations carry i in their first element (pixels: in every pixel of their first
+    row of the image) and its rewards grow with i, so episodes can be told apart and ranked by return."""
+    import torch
+    from tensordict import TensorDict
+
+    from hwm.data.episodes import write_episodes
+
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(episodes):
+        n = steps + 1
+        if pixels:
+            obs = torch.randint(0, 256, (n, 3, 64, 64), generator=gen, dtype=torch.uint8)
+            obs[:, :, 0, :] = i
+        else:
+            obs = torch.randn(n, 5, generator=gen)
+            obs[:, 0] = i
+        reward = (i + torch.rand(n, 1, generator=gen)) / episodes  # returns strictly grow with i
+        action = torch.rand(n, 1, generator=gen) * 2 - 1
+        reward[0], action[0] = 0.0, 0.0  # the reset row
+        flags = {k: torch.zeros(n, 1, dtype=torch.bool) for k in ("is_first", "is_last", "is_terminal")}
+        flags["is_first"][0] = flags["is_last"][-1] = True
+        key = "pixels" if pixels else "observation"
+        out.append(TensorDict({key: obs, "action": action, "reward": reward, **flags}, batch_size=[n]))
+    write_episodes(folder, out)
+    return folder
+
+
+@pytest.fixture
+def episode_dataset(tmp_path: Path) -> Path:
+    """Ten synthetic state-vector episodes of 21 rows (``write_episode_dataset``) under tmp_path/episodes."""
+    return write_episode_dataset(tmp_path / "episodes")
+
+
+@pytest.fixture
+def make_episode_dataset() -> Callable[..., Path]:
+    """``make_episode_dataset(folder, episodes=10, steps=20, pixels=False)``: ``write_episode_dataset``."""
+    return write_episode_dataset

@@ -131,7 +131,9 @@ def test_harmonizer_optimizer_settings() -> None:
         model, rect, lr=1e-3, eps=1e-5, weight_decay=0.0, harmonizer_optimizer="sgd"
     )
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["params"] == [rect.log_sigma]
-    assert sgd.param_groups[0]["lr"] == 1e-3 and all(p is not rect.log_sigma for p in adam.param_groups[0]["params"])
+    assert sgd.param_groups[0]["lr"] == 1e-3 and all(
+        p is not rect.log_sigma for p in adam.param_groups[0]["params"]
+    )
     # Modes without parameters have nothing for SGD to step.
     (only,) = world_model_optimizers(
         model, Harmonizer(TASKS, mode="off"), lr=1e-3, eps=1e-5, weight_decay=0.0, harmonizer_optimizer="sgd"

@@ -72,6 +72,10 @@ def fit(args: list[str]) -> int:
     # retries on its own (without holding up training), so each call may fail fast.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    from hwm.cli.offline import fit_offline, wants_offline
+
+    if wants_offline(args):  # a world model alone, from a saved dataset (--data.dataset)
+        return fit_offline(args)
     from hwm.checkpoints.io import CheckpointError
     from hwm.checkpoints.lock import RunFolderLocked
     from hwm.cli.errors import ConfigError
@@ -175,12 +179,7 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str |
     config = cli.config_yaml()
     run_id = None
     if cli.trainer.is_global_zero:
-        tags = {
-            "harmonizer_mode": cli.agent.harmonizer.mode,
-            "base": cli.agent.base,
-            "task": cli.data.env_config.task,
-            "suite": cli.data.env_config.suite,
-        }
+        tags = cli.run_tags()
         record = None if resume is None else ResumeRecord(resume.number, resume.path, resume.applied)
         run_id = log_run(
             cli.trainer.logger, config, tags=tags, seed=cli.config.get("seed_everything"), resume=record
@@ -195,7 +194,13 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str |
         if cli.trainer.is_global_zero:
             lock = RunLock(run_dir).acquire()
     tracking = cli.config.get("trainer.logger.init_args.tracking_uri") if run_id is not None else None
-    info = {"run_id": run_id, "tracking_uri": tracking, "slurm_job": slurm_job_id(), "config": config}
+    info = {
+        "run_id": run_id,
+        "tracking_uri": tracking,
+        "slurm_job": slurm_job_id(),
+        "kind": cli.run_kind,
+        "config": config,
+    }
     checkpoint.start_run(run_dir, info)
     return lock, run_id
 

@@ -30,6 +30,7 @@ from hwm.cli.fit import HwmCLI, build_cli
 from hwm.cli.prescan import PrescanError, config_paths, flag_value, pop_flag, read_config, split_config_files
 from hwm.cli.run_match import OtherRunError, check_same_run, same_value
 from hwm.data.datamodule import ReplayDataModule
+from hwm.data.offline import OfflineDataModule
 from hwm.experiments.tracking import upgrade_class_paths
 
 RUN_ID_KEY = "--trainer.logger.init_args.run_id"
@@ -68,8 +69,13 @@ class Resume:
 
 
 def datamodule_state(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The data module's state in a Lightning checkpoint (Lightning keys it by the class's qualname)."""
-    return checkpoint.get(ReplayDataModule.__qualname__)
+    """The data module's state in a Lightning checkpoint (Lightning keys it by the class's qualname): an
+    agent's replay stream, or a world model's dataset (hwm.cli.offline)."""
+    for data_class in (ReplayDataModule, OfflineDataModule):
+        state = checkpoint.get(data_class.__qualname__)
+        if state is not None:
+            return state
+    return None
 
 
 def load_for_resume(path: Path) -> dict[str, Any]:

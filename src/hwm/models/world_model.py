@@ -162,6 +162,11 @@ class WorldModel(L.LightningModule):
     def encode(self, obs: Tensor) -> Tensor:
         return self.encoder(obs if self.pixels else obs.to(torch.get_default_dtype()))
 
+    def decoder_target(self, obs: Tensor) -> Tensor:
+        """What the decoder's mean predicts for an observation: pixels scaled to [-0.5, 0.5], vectors as
+        they are."""
+        return obs.float() / 255.0 - 0.5 if self.pixels else obs.float()
+
     def reward(self, feat: Tensor) -> Tensor:
         """Predicted reward [...] (no trailing dim) of features [..., F]."""
         return self.reward_head(feat).float().squeeze(-1)
