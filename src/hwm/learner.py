@@ -13,7 +13,6 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
-from hwm.data.offline import KL, OBS_ERROR, REWARD_ERROR
 from hwm.envs.common import EnvInfo
 from hwm.models import presets
 from hwm.models.gradnorm import task_gradient_norms
@@ -29,7 +28,7 @@ from hwm.models.presets import Base, Size
 from hwm.models.world_model import ACTION_KEY, IS_FIRST, REWARD_KEY, WorldModel
 from hwm.training.nonfinite import NonFiniteGuard, finite
 from hwm.training.stop import StopBoard
-from hwm.training.stream import MetricSink, Stream
+from hwm.training.stream import KL, OBS_ERROR, REWARD_ERROR, MetricSink, Stream
 from hwm.training.timing import Stopwatch
 from hwm.training.update_log import UpdateLog
 

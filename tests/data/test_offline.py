@@ -12,7 +12,8 @@ from tensordict import TensorDict, TensorDictBase
 
 from hwm.checkpoints.io import CheckpointError
 from hwm.data.episodes import DatasetError, heldout_indices, read_dataset, write_episodes
-from hwm.data.offline import KL, OBS_ERROR, REWARD_ERROR, OfflineDataModule
+from hwm.data.offline import OfflineDataModule
+from hwm.training.stream import KL, OBS_ERROR, REWARD_ERROR
 
 
 def _ids(batch: TensorDictBase) -> set[int]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torch import Tensor
 from torch.utils.data import DataLoader
 
 from hwm.checkpoints.io import CheckpointError
@@ -25,23 +24,13 @@ from hwm.data.replay import SequenceReplay
 from hwm.envs.common import EnvInfo
 from hwm.models.world_model import IS_FIRST, REWARD_KEY
 from hwm.training.rng import rng_states, set_rng_states
+from hwm.training.stream import KL, OBS_ERROR, REWARD_ERROR, HeldOutScorer
 from hwm.training.timing import Stopwatch
 
 if TYPE_CHECKING:
     from hwm.training.media import EvalEpisode
 
-# Per-step errors a scorer returns for a [B, T] batch, each [B, T].
-REWARD_ERROR, OBS_ERROR, KL = "reward_sq_error", "obs_sq_error", "kl"
 TOP_QUANTILE = 0.9  # the top decile of held-out rewards
-
-
-class HeldOutScorer(Protocol):
-    """What the data module scores the held-out episodes with: the learner's world model."""
-
-    def heldout_errors(self, batch: TensorDictBase) -> dict[str, Tensor]:
-        """Per-step errors [B, T] of a batch of held-out windows: ``reward_sq_error`` (the reward head's mean
-        against the reward), ``obs_sq_error`` (mean over the observation's elements) and ``kl``."""
-        ...
 
 
 class OfflineDataModule(L.LightningDataModule):

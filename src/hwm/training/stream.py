@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Protocol
 from hwm.training.timing import Stopwatch
 
 if TYPE_CHECKING:
+    from tensordict import TensorDictBase
+    from torch import Tensor
+
     from hwm.models.policy import DreamerPolicy
     from hwm.training.media import EvalEpisode
 
@@ -106,4 +109,18 @@ class AgentProgress(Protocol):
     @property
     def bar_metrics(self) -> Mapping[str, float]:
         """The latest training and evaluation returns, for the progress bar."""
+        ...
+
+
+# The per-step errors a HeldOutScorer returns for a [B, T] batch of held-out windows, each [B, T].
+REWARD_ERROR, OBS_ERROR, KL = "reward_sq_error", "obs_sq_error", "kl"
+
+
+class HeldOutScorer(Protocol):
+    """What a dataset's held-out episodes are scored with (training a world model from a dataset): the
+    learner's world model, handed to the data module, which owns the held-out data and the schedule."""
+
+    def heldout_errors(self, batch: TensorDictBase) -> dict[str, Tensor]:
+        """Per-step errors [B, T]: ``reward_sq_error`` (the reward head's mean against the reward),
+        ``obs_sq_error`` (the decoder's mean, averaged over the observation's elements) and ``kl``."""
         ...
