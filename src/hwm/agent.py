@@ -247,7 +247,8 @@ class HarmonyDreamAgent(L.LightningModule):
                 inputs = self._harmonizer_inputs(losses)
                 norms = None
                 if self.harmonizer.needs_grad_norms:
-                    norms = task_gradient_norms(inputs, self.world_model.shared_parameters())
+                    tasks = {t: inputs[t] for t in self.harmonizer.tasks}
+                    norms = task_gradient_norms(tasks, self.world_model.shared_parameters())
                 harmonized, harmony_metrics = self.harmonizer(inputs, norms)
             model_loss = harmonized + self.continue_scale * losses["continue"]
             self._step(model_opt, model_loss, "model", *harmonizer_opt)

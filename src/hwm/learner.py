@@ -119,6 +119,7 @@ class WorldModelLearner(L.LightningModule):
         self.timer = Stopwatch()
         self.nonfinite = NonFiniteGuard(max_nonfinite)
         self._grad_norm: Tensor | None = None
+        self._timed_updates = 0  # updates at the last read of the timers
         self._stepping = "model"
         self._stream: Stream | None = None
         self._sink: MetricSink | None = None
@@ -152,17 +153,20 @@ class WorldModelLearner(L.LightningModule):
         """Per-step squared errors of the reward head's mean and of the decoder's mean (per observation
         element, in the decoder's target units: pixels in [-0.5, 0.5]) and the KL[q || p], each [B, T]."""
         wm = self.world_model
-        obs = batch.get(wm.obs_key)
-        action = batch.get(ACTION_KEY).to(torch.get_default_dtype())
-        post = wm.rssm.observe(wm.encode(obs), action, batch.get(IS_FIRST))
-        feat = wm.feat((post["deter"], post["stoch"]))
-        reward = batch.get(REWARD_KEY).float().squeeze(-1)
-        obs_error = (wm.decoder(feat).float() - wm.decoder_target(obs)).square()
-        return {
-            REWARD_ERROR: (wm.reward(feat) - reward).square(),
-            OBS_ERROR: obs_error.flatten(2).mean(-1),
-            KL: categorical_kl(post["post_logits"], post["prior_logits"]),
-        }
+        # Scored in full precision whatever the training precision (the data module calls this from inside
+        # the training step, under its autocast).
+        with torch.autocast(self.device.type, enabled=False):
+            obs = batch.get(wm.obs_key)
+            action = batch.get(ACTION_KEY).to(torch.get_default_dtype())
+            post = wm.rssm.observe(wm.encode(obs), action, batch.get(IS_FIRST))
+            feat = wm.feat((post["deter"], post["stoch"]))
+            reward = batch.get(REWARD_KEY).float().squeeze(-1)
+            obs_error = (wm.decoder(feat).float() - wm.decoder_target(obs)).square()
+            return {
+                REWARD_ERROR: (wm.reward(feat) - reward).square(),
+                OBS_ERROR: obs_error.flatten(2).mean(-1),
+                KL: categorical_kl(post["post_logits"], post["prior_logits"]),
+            }
 
     # -- training -----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -189,7 +193,8 @@ class WorldModelLearner(L.LightningModule):
                 inputs = losses if self.harmonizer.learnable else self._base_weighted(losses)
                 norms = None
                 if self.harmonizer.needs_grad_norms:
-                    norms = task_gradient_norms(inputs, self.world_model.shared_parameters())
+                    tasks = {t: inputs[t] for t in self.harmonizer.tasks}
+                    norms = task_gradient_norms(tasks, self.world_model.shared_parameters())
                 harmonized, harmony_metrics = self.harmonizer(inputs, norms)
             model_loss = harmonized + self.continue_scale * losses["continue"]
             self._step(model_loss, model_opt, *harmonizer_opt)
@@ -205,7 +210,8 @@ class WorldModelLearner(L.LightningModule):
             seconds = self.timer.pop()
             if self._stream is not None:
                 seconds.update(self._stream.timer.pop())
-            metrics.update({f"time/{k}_s": v for k, v in seconds.items()})
+            timed, self._timed_updates = max(self.updates - self._timed_updates, 1), self.updates
+            metrics.update({f"time/{k}_ms": 1000 * v / timed for k, v in seconds.items()})
             self.update_log.add(metrics, self.updates, self._write)
 
     def _base_weighted(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -241,6 +247,9 @@ class WorldModelLearner(L.LightningModule):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         limit = self.model_grad_clip if self.model_grad_clip > 0 else float("inf")
         self._grad_norm = torch.nn.utils.clip_grad_norm_(params, limit) if params else None
+
+    def on_train_start(self) -> None:
+        self._timed_updates = self.updates  # a resumed run's timers start now, not at update 0
 
     def on_train_epoch_end(self) -> None:
         self._log_stream()  # the final held-out evaluation comes after the last update

@@ -42,6 +42,7 @@ def test_gradient_norms_are_each_tasks_own() -> None:
     assert norms["obs"].item() == pytest.approx(3.0 * 2.0)  # ||3 * 1_4|| = 6
     assert norms["reward"].item() == pytest.approx(1.0)
     assert norms["dynamics"].item() == 0.0  # does not reach the shared parameters
+    assert task_gradient_norms({"continue": torch.zeros(())}, [shared])["continue"].item() == 0.0
     # The graph survives for the update's own backward pass.
     sum(losses.values()).backward()
     assert shared.grad is not None
@@ -160,3 +161,16 @@ def test_sgd_steps_the_harmonizer_by_its_plain_gradient() -> None:
     # d/ds [L e^-s + log(1 + e^s)] at s = 0 is 0.5 - L.
     expected = -0.01 * (0.5 - torch.tensor([100.0, 0.1, 1.0]))
     torch.testing.assert_close(rect.log_sigma.detach(), expected)
+
+
+def test_logged_weights_are_those_the_update_used() -> None:
+    """The metrics are read after the optimizer step: they must be a copy, not the stepped parameter."""
+    h = Harmonizer(TASKS, mode="gradnorm")
+    opt = torch.optim.SGD(h.parameters(), lr=0.1)
+    shared = torch.ones(4, requires_grad=True)
+    losses = _toy({"obs": 5.0, "reward": 1.0, "dynamics": 1.0}, dict.fromkeys(TASKS, 0.0), shared)
+    total, metrics = h(losses, task_gradient_norms(losses, [shared]))
+    total.backward()
+    opt.step()
+    assert [metrics[f"weight_{t}"].item() for t in TASKS] == [1.0, 1.0, 1.0]
+    assert h.gradnorm_weights.detach().tolist() != [1.0, 1.0, 1.0]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
 
@@ -26,7 +26,7 @@ from hwm.checkpoints.validate import (
     split_changes,
 )
 from hwm.cli.errors import ConfigError
-from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, HwmCLI, build_cli, held_logs, name_run
+from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, HwmCLI, build_cli, held_logs
 from hwm.cli.prescan import PrescanError, flag_value, last_value, pop_flag, split_config_files
 from hwm.cli.resume import RUN_ID_KEY, Resume
 from hwm.data.offline import OfflineDataModule
@@ -64,13 +64,16 @@ class OfflineCLI(HwmCLI):
             parser.set_defaults({k: v for k, v in preset.items() if k in PRESET_KEYS})
         LightningCLI.parse_arguments(self, parser, args)
         logger = self.config.get("trainer.logger")
-        if logger is not None and not logger.get("init_args.run_name") and not logger.get("init_args.run_id"):
+        if (
+            isinstance(logger, Namespace)
+            and not logger.get("init_args.run_name")
+            and not logger.get("init_args.run_id")
+        ):
             # "wm-<dataset folder>-<mode>-s<seed>-<time>": which data and weighting, at a glance.
             dataset = Path(str(self.config.get("data.dataset"))).name
             logger["init_args.run_name"] = default_run_name(
                 f"wm-{dataset}", self.config.get("model.harmonizer_mode"), self.config.get("seed_everything")
             )
-        name_run(self.config)
 
     @property
     def learner(self) -> WorldModelLearner:

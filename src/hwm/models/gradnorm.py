@@ -30,6 +30,9 @@ def task_gradient_norms(losses: Mapping[str, Tensor], params: Sequence[Tensor]) 
         raise ValueError("GradNorm needs shared parameters that require gradients")
     norms = {}
     for task, loss in losses.items():
+        if not loss.requires_grad:  # a constant (e.g. a loss of a head the model does not have)
+            norms[task] = loss.new_zeros(()).float()
+            continue
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         squares = [g.detach().float().square().sum() for g in grads if g is not None]
         norms[task] = torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(()).float()

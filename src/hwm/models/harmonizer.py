@@ -151,7 +151,8 @@ class Harmonizer(L.LightningModule):
             terms = values * self.fixed_weights
         total = terms.sum()
         with torch.no_grad():
-            weights = self.task_weights().detach()
+            # A copy: GradNorm's weights are the parameter itself, which the optimizer steps before logging.
+            weights = self.task_weights().detach().clone()
             metrics: dict[str, Tensor] = dict(extra)
             for i, task in enumerate(self.tasks):
                 metrics[f"weight_{task}"] = weights[i]
