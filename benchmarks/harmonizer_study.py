@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -204,6 +205,8 @@ def summarize(exports: Sequence[dict[str, Any]], *, reps: int = 2000) -> dict[st
         }
         minutes = [e["minutes"] for e in runs if e.get("minutes")]
         entry["minutes_per_run"] = float(np.median(minutes)) if minutes else None
+        cpu = [e["cpu_minutes"] for e in runs if e.get("cpu_minutes")]
+        entry["cpu_minutes_per_run"] = float(np.median(cpu)) if cpu else None
     order = [w for w in WEIGHTINGS if w in table] + sorted(set(table) - set(WEIGHTINGS))
     return {
         "study": STUDY,
@@ -295,6 +298,12 @@ def commit(paths: Sequence[Path], message: str) -> None:
     print(f"harmonizer_study: could not commit {message!r}: {done.stderr.decode().strip()}", file=sys.stderr)
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(args: argparse.Namespace) -> int:
     workdir, out = args.workdir.resolve(), args.out.resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -312,12 +321,12 @@ def run(args: argparse.Namespace) -> int:
     for weighting, seed in todo:
         cmd = fit_command(weighting, seed, args.dataset.resolve(), workdir, args.config.resolve(), args.extra)
         log = workdir / "logs" / f"{run_name(weighting, seed)}.log"
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), _children_cpu()
         with log.open("a") as f:
             code = subprocess.call(
                 ["nice", "-n", "19", *cmd], cwd=workdir, stdout=f, stderr=subprocess.STDOUT
             )
-        took = (time.perf_counter() - began) / 60
+        took, cpu = (time.perf_counter() - began) / 60, (_children_cpu() - cpu) / 60
         exported = export_run(workdir, weighting, seed) if code == 0 else None
         if exported is None:
             failed += 1
@@ -326,6 +335,8 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
             continue
+        # CPU minutes say what a run costs whatever else the machine was doing (wall minutes do not).
+        exported["cpu_minutes"] = cpu
         path = out / "runs" / f"{run_name(weighting, seed)}.json"
         path.write_text(json.dumps(exported) + "\n")
         files = [path, *write_summary(out, reps=args.reps)]
