@@ -94,6 +94,7 @@ def worker(args: argparse.Namespace) -> int:
     from hwm.data.offline import OfflineDataModule
     from hwm.learner import WorldModelLearner
     from hwm.models.world_model import WorldModel
+    from hwm.training.stop import StopRequests
 
     scale = SCALES[args.scale]
     torch.set_num_threads(1)
@@ -110,8 +111,7 @@ def worker(args: argparse.Namespace) -> int:
         **WEIGHTINGS[args.weighting],
     )
     sink = Collected()
-    learner.attach_stream(data)
-    learner.attach_metric_sink(sink)
+    learner.attach(stream=data, stops=StopRequests(), sink=sink)
     data.attach_scorer(learner)
     stop = {"signal": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))

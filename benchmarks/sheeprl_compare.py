@@ -17,10 +17,12 @@ precision (``--precision``: both ``32-true`` or both ``bf16-mixed``), and a shor
 ``--warmup + --updates`` gradient updates. The first ``--warmup`` updates are not measured.
 
 SheepRL is not a project dependency: it lives in its own virtual environment (``--venv``), created on first use
-with PyPI packages only: ``torch==2.13.0`` first (so that sheeprl's ``torch>=2.6`` does not pull another
-torch), then ``sheeprl[dmc]==0.8.4``, then ``mujoco==3.17.0``: sheeprl's resolver picks mujoco 4.0.0 (with
-dm_control 1.0.50), under which dm_control's suite fails to load (``'MjModel' object has no attribute
-'flex_vertedge'``); 3.17.0, the newest 3.x on PyPI, works with that dm_control.
+with PyPI packages only, all pinned: ``benchmarks/sheeprl_requirements.txt`` lists every package of the venv
+(``torch==2.13.0``, ``sheeprl[dmc]==0.8.4``'s dependencies, ``mujoco==3.17.0`` with the ``dm_control`` 1.0.50
+that works with it) and is installed with one ``pip install -r``. Left to its resolver, ``sheeprl[dmc]`` takes
+the newest ``dm_control`` (1.0.52 wants mujoco >= 4.0.1) and mujoco 4, under which dm_control's suite fails to
+load (``'MjModel' object has no attribute 'flex_vertedge'``). An existing venv is used when it holds exactly
+these versions (a local torch build such as ``+cpu`` counts as 2.13.0) and renders a walker-walk frame.
 
 How each side is measured
 - SheepRL is driven through its own hydra CLI (``sheeprl.cli.run`` with ``exp=dreamer_v3_dmc_walker_walk
@@ -76,9 +78,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = Path.home() / ".cache" / "hwm-bench" / "sheeprl-venv"
+REQUIREMENTS = Path(__file__).with_name("sheeprl_requirements.txt")
 SHEEPRL_VERSION = "0.8.4"
-TORCH_VERSION = "2.13.0"
-MUJOCO_VERSION = "3.17.0"
 BATCH, SEQ, ACTION_REPEAT = 16, 64, 2
 MEDIAN_KEYS = (
     "s_per_update",
@@ -218,38 +219,61 @@ def wait_for_idle(max_wait: float, busy_below: float = 0.25, sample: float = 5.0
             return waited
 
 
+def pinned(requirements: Path = REQUIREMENTS) -> dict[str, str]:
+    """``name: version`` of every ``name==version`` line of a requirements file (names normalised)."""
+    pins = {}
+    for line in requirements.read_text().splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep:
+            pins[normalise(name)] = version.strip()
+    return pins
+
+
+def normalise(name: str) -> str:
+    """A distribution's name as PEP 503 compares them: ``PyYAML``, ``pyyaml`` and ``py_yaml`` alike."""
+    return "-".join(name.replace("_", "-").replace(".", "-").lower().split("-"))
+
+
+def mismatches(installed: dict[str, str], pins: dict[str, str]) -> list[str]:
+    """The pins an environment does not meet (a local build tag, ``2.13.0+cpu``, meets ``2.13.0``)."""
+    have = {normalise(k): v for k, v in installed.items()}
+    return [
+        f"{name}=={want} (found {have.get(name, 'none')})"
+        for name, want in sorted(pins.items())
+        if have.get(name, "").split("+")[0] != want
+    ]
+
+
 def venv_ok(python: Path) -> bool:
-    check = (
-        "import mujoco, sheeprl, torch; from dm_control import suite; "
-        "suite.load('walker', 'walk').physics.render(64, 64, camera_id=0); "
-        f"assert sheeprl.__version__ == '{SHEEPRL_VERSION}', sheeprl.__version__; "
-        f"assert torch.__version__.split('+')[0] == '{TORCH_VERSION}', torch.__version__; "
-        f"assert mujoco.__version__ == '{MUJOCO_VERSION}', mujoco.__version__"
+    """The venv holds every pinned version and its dm_control renders a walker-walk frame."""
+    if not python.exists():
+        return False
+    listing = (
+        "import importlib.metadata as m, json; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
     )
+    found = subprocess.run([python, "-c", listing], capture_output=True, text=True)
+    if found.returncode != 0 or mismatches(json.loads(found.stdout), pinned()):
+        return False
+    render = "from dm_control import suite; suite.load('walker', 'walk').physics.render(64, 64, camera_id=0)"
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    return (
-        python.exists()
-        and subprocess.run([python, "-c", check], env=env, capture_output=True).returncode == 0
-    )
+    return subprocess.run([python, "-c", render], env=env, capture_output=True).returncode == 0
 
 
 def ensure_venv(venv: Path) -> Path:
-    """Creates the SheepRL venv if missing or incomplete (PyPI only); returns its Python."""
+    """Creates the SheepRL venv if missing or not as pinned (PyPI only); returns its Python."""
     python = venv / "bin" / "python"
     if venv_ok(python):
         return python
     print(f"creating the SheepRL venv in {venv} (a few minutes)", file=sys.stderr)
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    pip = [python, "-m", "pip", "install", "--quiet"]
-    # torch first: pinned so that sheeprl's `torch>=2.6` is already met and pip does not pull another build.
-    subprocess.run([*pip, f"torch=={TORCH_VERSION}"], check=True)
-    subprocess.run([*pip, f"sheeprl[dmc]=={SHEEPRL_VERSION}"], check=True)
-    # sheeprl's resolver picks mujoco 4, under which dm_control's suite no longer loads: pin 3.x back.
-    subprocess.run([*pip, f"mujoco=={MUJOCO_VERSION}"], check=True)
+    # One resolve of the whole pinned set: installed one after another, a later step can break an earlier one.
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "-r", REQUIREMENTS], check=True)
     if not venv_ok(python):
         sys.exit(
-            f"sheeprl_compare: error: the venv in {venv} does not import sheeprl/dm_control/mujoco as pinned"
+            f"sheeprl_compare: error: the venv in {venv} does not hold {REQUIREMENTS.name}'s versions or "
+            "its dm_control cannot render walker-walk"
         )
     return python
 

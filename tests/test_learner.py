@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 
+from fakes import RecordingStopBoard
 from hwm.data.offline import OfflineDataModule
 from hwm.learner import WorldModelLearner
 from hwm.models.world_model import WorldModel
@@ -38,8 +39,7 @@ def _fit(
     world_model = partial(WorldModel, continue_head=continue_head, **TINY)
     learner = WorldModelLearner(data.env_info, world_model=world_model, log_every=1, **model)  # type: ignore[arg-type]
     sink = Sink()
-    learner.attach_stream(data)
-    learner.attach_metric_sink(sink)
+    learner.attach(stream=data, stops=RecordingStopBoard(), sink=sink)
     data.attach_scorer(learner)
     trainer = L.Trainer(
         accelerator="cpu",

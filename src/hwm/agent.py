@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from tensordict import TensorDictBase
-from torch import Tensor
+from torch import Tensor, nn
 
 from hwm.envs.common import EnvInfo
 from hwm.models import presets
@@ -31,7 +30,7 @@ from hwm.training.frame_log import FrameLog
 from hwm.training.media import log_media
 from hwm.training.nonfinite import NonFiniteGuard, finite
 from hwm.training.stop import StopBoard
-from hwm.training.stream import MetricSink, Stream
+from hwm.training.stream import MetricSink, Stream, unwired
 from hwm.training.timing import Stopwatch
 
 
@@ -40,8 +39,7 @@ class HarmonyDreamAgent(L.LightningModule):
 
     The world model, the harmonizer and the actor-critic are LightningModules of their own, so each can be
     built, moved and tested alone; only this agent trains and logs. The data stream it learns from is handed
-    in (:meth:`attach_stream`, a :class:`~hwm.training.stream.Stream`): batches come down through the
-    dataloader, counters, metrics and recorded episodes come up from the stream, and the stream collects
+    in (:meth:`attach`, a :class:`~hwm.training.stream.Stream`): batches come down through the dataloader, counters, metrics and recorded episodes come up from the stream, and the stream collects
     with :meth:`policy` (docs/architecture.md draws the flow).
 
     Args:
@@ -85,6 +83,8 @@ class HarmonyDreamAgent(L.LightningModule):
     clip 1000 model and 100 actor-critic).
     """
 
+    _policy: DreamerPolicy  # shares the networks above: set past nn.Module, so it is not a second copy
+
     def __init__(
         self,
         env_info: EnvInfo,
@@ -118,11 +118,15 @@ class HarmonyDreamAgent(L.LightningModule):
         self.base, self.size = base, size
         wm_size, ac_size = presets.size_options(size)
         wm_cls, ac_cls = presets.CLASSES[base]
-        self.world_model = (world_model or partial(wm_cls, **wm_size))(
-            tuple(env_info.obs_shape), env_info.action_dim
+        obs_shape, action_dim = tuple(env_info.obs_shape), env_info.action_dim
+        self.world_model = (
+            world_model(obs_shape, action_dim) if world_model else wm_cls(obs_shape, action_dim, **wm_size)
         )
-        self.actor_critic = (actor_critic or partial(ac_cls, **ac_size))(
-            self.world_model.rssm.feat_dim, env_info.action_dim, env_info.discrete
+        feat_dim = self.world_model.rssm.feat_dim
+        self.actor_critic = (
+            actor_critic(feat_dim, action_dim, env_info.discrete)
+            if actor_critic
+            else ac_cls(feat_dim, action_dim, env_info.discrete, **ac_size)
         )
         if self.world_model.base != base:
             raise ValueError(
@@ -170,23 +174,20 @@ class HarmonyDreamAgent(L.LightningModule):
         self._timed_updates = 0
         self._grad_norms: dict[str, Tensor] = {}
         self._stepping = "model"
-        self._stream: Stream | None = None
-        self._sink: MetricSink | None = None
-        self._policy: DreamerPolicy | None = None
+        self._stream: Stream = unwired("HarmonyDreamAgent", "the data stream")
+        self._sink: MetricSink = unwired("HarmonyDreamAgent", "the metric buffer")
         self.nonfinite = NonFiniteGuard(max_nonfinite)
+        object.__setattr__(
+            self, "_policy", DreamerPolicy(self.world_model, self.actor_critic, eval_sample=self.eval_sample)
+        )
 
     # -- wiring -------------------------------------------------------------------------------------------
-    def attach_stream(self, stream: Stream) -> None:
-        """The data stream whose counters, metrics and recorded episodes this agent logs."""
-        self._stream = stream
-
-    def attach_stops(self, stops: StopBoard) -> None:
-        """Where a run of non-finite updates files its stop."""
+    def attach(self, stream: Stream, stops: StopBoard, sink: MetricSink) -> None:
+        """The data stream whose counters, metrics and recorded episodes this agent logs; where a run of
+        non-finite updates files its stop; what metrics are written to (a buffer that outlives
+        tracking-server outages and sends them to the logger)."""
+        self._stream, self._sink = stream, sink
         self.nonfinite.attach(stops)
-
-    def attach_metric_sink(self, sink: MetricSink) -> None:
-        """What metrics are written to (a buffer that outlives tracking-server outages); else the logger."""
-        self._sink = sink
 
     def resume_logging_after(self, step: int) -> None:
         """A resumed run's tracking store already has every step up to ``step``: those are not logged again."""
@@ -203,16 +204,11 @@ class HarmonyDreamAgent(L.LightningModule):
         return self.frame_log.bar_metrics
 
     def policy(self) -> DreamerPolicy:
-        if self._policy is None:
-            # Not a registered submodule: the policy shares our networks and must not duplicate them.
-            policy = DreamerPolicy(self.world_model, self.actor_critic, eval_sample=self.eval_sample)
-            object.__setattr__(self, "_policy", policy)
-        assert self._policy is not None
         return self._policy
 
     # -- training -----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        def adam(params: list[Tensor], lr: float, eps: float) -> torch.optim.Optimizer:
+        def adam(params: list[nn.Parameter], lr: float, eps: float) -> torch.optim.Optimizer:
             # L2 weight decay added to the gradient, as the world model's (world_model_optimizers).
             return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=self.weight_decay)
 
@@ -239,7 +235,9 @@ class HarmonyDreamAgent(L.LightningModule):
         batch = next(dataloader_iter)[0]
         # Lightning re-arms DDP's reducer around every step; three backward passes need it off.
         disable_ddp_reducer(self.trainer.strategy.model)
-        model_opt, actor_opt, critic_opt, *harmonizer_opt = self.optimizers()
+        optimizers = self.optimizers()
+        assert isinstance(optimizers, list), "configure_optimizers() returns three or four"
+        model_opt, actor_opt, critic_opt, *harmonizer_opt = optimizers
 
         with self.timer("world_model"):
             losses, posterior, wm_metrics = self.world_model.loss(batch)
@@ -262,7 +260,7 @@ class HarmonyDreamAgent(L.LightningModule):
             self.actor_critic.after_update()
         self._timed_updates += 1
 
-        data_metrics = self._stream.pop_metrics() if self._stream is not None else {}
+        data_metrics = self._stream.pop_metrics()
         self._log_media()
         if self.updates % self.log_every == 0 or data_metrics:
             metrics: dict[str, Any] = {f"loss/{k}": v for k, v in losses.items()}
@@ -281,8 +279,7 @@ class HarmonyDreamAgent(L.LightningModule):
     def _time_split(self) -> dict[str, float]:
         """Milliseconds per update in each section since the last log (the stream's sections included)."""
         seconds = self.timer.pop()
-        if self._stream is not None:
-            seconds.update(self._stream.timer.pop())
+        seconds.update(self._stream.timer.pop())
         updates, self._timed_updates = max(self._timed_updates, 1), 0
         # The harmonizer's time is part of the world model's; logged on its own for its overhead.
         return {f"time/{name}_ms": 1000 * total / updates for name, total in seconds.items()}
@@ -335,14 +332,13 @@ class HarmonyDreamAgent(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # The stream's last metrics (the final evaluation) arrive after the last training step.
-        pending = self._stream.pop_metrics() if self._stream is not None else {}
+        pending = self._stream.pop_metrics()
         if pending:
             self._log(pending)
         self._log_media()
-        if self._stream is not None and self._stream.stream_finished:
-            self.frame_log.flush(self._write)
-        # else the run stops early (a signal, a filed stop): the current step's metrics may still grow
-        # after a resume, so they travel with the checkpoint (``on_save_checkpoint``), unwritten.
+        # The run ends here, at its budget or stopped early: its last step goes out now. A stop's checkpoint
+        # (taken before) carries it unwritten too; a resume writes only what the step gains after it.
+        self.frame_log.flush(self._write)
         # The stream ends only when the frame budget is spent.
         self.trainer.should_stop = True
 
@@ -358,7 +354,7 @@ class HarmonyDreamAgent(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Metrics of the current step may still grow (e.g. a final evaluation at these frames): they travel
-        # with the checkpoint instead of being written now, so a step is never written twice.
+        # with the checkpoint unwritten, and a resume learns from the run whether they were written since.
         checkpoint["unlogged_metrics"] = self.frame_log.state_dict()
         checkpoint["nonfinite"] = self.nonfinite.state_dict()
 
@@ -369,7 +365,7 @@ class HarmonyDreamAgent(L.LightningModule):
     # -- logging ------------------------------------------------------------------------------------------
     def _log_media(self) -> None:
         """Renders the evaluation episodes the stream recorded as GIF artifacts under ``media/``."""
-        recorded = self._stream.pop_media() if self._stream is not None else []
+        recorded = self._stream.pop_media()
         logger = self.logger
         # Only MLflow takes files here; other loggers get the metrics alone.
         if not recorded or not isinstance(logger, MLFlowLogger) or not self.trainer.is_global_zero:
@@ -378,7 +374,7 @@ class HarmonyDreamAgent(L.LightningModule):
             log_media(logger, self.world_model, recorded)
 
     def _log(self, metrics: dict[str, Any]) -> None:
-        counters = self._stream.counters if self._stream is not None else {}
+        counters = self._stream.counters
         self.frame_log.add(
             metrics,
             frames=int(counters.get("env_frames", 0)),
@@ -388,8 +384,6 @@ class HarmonyDreamAgent(L.LightningModule):
         )
 
     def _write(self, metrics: dict[str, float], step: int) -> None:
-        if self._sink is not None and self.trainer.is_global_zero:
+        # Keyed by env frames, the x-axis papers use; Lightning's global_step counts optimizer steps.
+        if self.trainer.is_global_zero:
             self._sink.write(metrics, step)
-        elif self.logger is not None and self.trainer.is_global_zero:
-            # Keyed by env frames, the x-axis papers use; Lightning's global_step counts optimizer steps.
-            self.logger.log_metrics(metrics, step=step)

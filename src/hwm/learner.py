@@ -5,7 +5,6 @@ logged here too (only this module logs)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
 from typing import Any
 
 import lightning as L
@@ -28,7 +27,7 @@ from hwm.models.presets import Base, Size
 from hwm.models.world_model import ACTION_KEY, IS_FIRST, REWARD_KEY, WorldModel
 from hwm.training.nonfinite import NonFiniteGuard, finite
 from hwm.training.stop import StopBoard
-from hwm.training.stream import KL, OBS_ERROR, REWARD_ERROR, MetricSink, Stream
+from hwm.training.stream import KL, OBS_ERROR, REWARD_ERROR, MetricSink, Stream, unwired
 from hwm.training.timing import Stopwatch
 from hwm.training.update_log import UpdateLog
 
@@ -58,6 +57,8 @@ class WorldModelLearner(L.LightningModule):
         max_nonfinite: this many skipped non-finite updates in a row stop the run (exit status 3).
     """
 
+    updates_done: Tensor  # a buffer: completed updates, saved with the weights
+
     def __init__(
         self,
         env_info: EnvInfo,
@@ -84,8 +85,9 @@ class WorldModelLearner(L.LightningModule):
         self.base, self.size = base, size
         wm_size, _ = presets.size_options(size)
         wm_cls, _ = presets.CLASSES[base]
-        self.world_model = (world_model or partial(wm_cls, **wm_size))(
-            tuple(env_info.obs_shape), env_info.action_dim
+        obs_shape, action_dim = tuple(env_info.obs_shape), env_info.action_dim
+        self.world_model = (
+            world_model(obs_shape, action_dim) if world_model else wm_cls(obs_shape, action_dim, **wm_size)
         )
         if self.world_model.base != base:
             raise ValueError(
@@ -121,19 +123,15 @@ class WorldModelLearner(L.LightningModule):
         self._grad_norm: Tensor | None = None
         self._timed_updates = 0  # updates at the last read of the timers
         self._stepping = "model"
-        self._stream: Stream | None = None
-        self._sink: MetricSink | None = None
+        self._stream: Stream = unwired("WorldModelLearner", "the data stream")
+        self._sink: MetricSink = unwired("WorldModelLearner", "the metric buffer")
 
     # -- wiring -------------------------------------------------------------------------------------------
-    def attach_stream(self, stream: Stream) -> None:
-        """The data stream whose held-out errors this learner logs."""
-        self._stream = stream
-
-    def attach_stops(self, stops: StopBoard) -> None:
+    def attach(self, stream: Stream, stops: StopBoard, sink: MetricSink) -> None:
+        """The data stream whose held-out errors and timings this learner logs; where a run of non-finite
+        updates files its stop; what metrics are written to (the tracking buffer)."""
+        self._stream, self._sink = stream, sink
         self.nonfinite.attach(stops)
-
-    def attach_metric_sink(self, sink: MetricSink) -> None:
-        self._sink = sink
 
     def resume_logging_after(self, step: int) -> None:
         """A resumed run's tracking store already has every update up to ``step``: not logged again."""
@@ -208,8 +206,7 @@ class WorldModelLearner(L.LightningModule):
                 metrics["grad_norm/model"] = self._grad_norm
             metrics.update(self.nonfinite.metrics())
             seconds = self.timer.pop()
-            if self._stream is not None:
-                seconds.update(self._stream.timer.pop())
+            seconds.update(self._stream.timer.pop())
             timed, self._timed_updates = max(self.updates - self._timed_updates, 1), self.updates
             metrics.update({f"time/{k}_ms": 1000 * v / timed for k, v in seconds.items()})
             self.update_log.add(metrics, self.updates, self._write)
@@ -253,7 +250,7 @@ class WorldModelLearner(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_stream()  # the final held-out evaluation comes after the last update
-        if self._stream is not None and self._stream.stream_finished:
+        if self._stream.stream_finished:
             self.update_log.flush(self._write)
         self.trainer.should_stop = True
 
@@ -267,12 +264,9 @@ class WorldModelLearner(L.LightningModule):
 
     # -- logging ------------------------------------------------------------------------------------------
     def _log_stream(self) -> None:
-        metrics = self._stream.pop_metrics() if self._stream is not None else {}
+        metrics = self._stream.pop_metrics()
         if metrics:
             self.update_log.add(metrics, self.updates, self._write)
 
     def _write(self, metrics: dict[str, float], step: int) -> None:
-        if self._sink is not None:
-            self._sink.write(metrics, step)
-        elif self.logger is not None:
-            self.logger.log_metrics(metrics, step=step)
+        self._sink.write(metrics, step)

@@ -1,7 +1,7 @@
 """A checkpoint written before hwm's package layout (flat modules: ``hwm.world_model.WorldModel``) resumes.
 
 ``tests/fixtures/legacy_run`` is the checkpoint folder of ``hwm fit --config conf/tiny.yaml`` made with the
-flat layout (60 updates, 400 env frames).
+flat layout (60 updates, 400 env frames); tests/fixtures/README.md names the commit and command.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from conftest import TINY_CONFIG, TINY_EXPERIMENT, RunHwm
+from helpers import TINY_CONFIG, TINY_EXPERIMENT, run_hwm
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_run"
 
 
-def test_a_checkpoint_of_the_flat_layout_resumes(tmp_path: Path, run_hwm: RunHwm) -> None:
+def test_a_checkpoint_of_the_flat_layout_resumes(tmp_path: Path) -> None:
     import mlflow
 
     old = torch.load(FIXTURE / "update-000000060.ckpt", map_location="cpu", weights_only=False)

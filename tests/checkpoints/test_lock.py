@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import hold_lock
 from hwm.checkpoints.lock import LOCK_FILE, RunFolderLocked, RunLock
-
-HOLD = "import sys, time; from hwm.checkpoints.lock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
-
-
-def hold_lock(run_dir: Path) -> subprocess.Popen:
-    """A process that holds ``run_dir``'s lock until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    return proc
 
 
 def test_second_process_is_refused_until_the_first_dies(tmp_path: Path) -> None:

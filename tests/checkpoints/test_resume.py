@@ -6,41 +6,26 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_CONFIG, TINY_EXPERIMENT, LoggedRun, cli_env, fit_and_load
-
-CKPT_ROOT = "checkpoints"
-
-
-def _run_dir(workdir: Path) -> Path:
-    (run_dir,) = [p for p in (workdir / CKPT_ROOT).iterdir() if p.is_dir()]
-    return run_dir
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _data_state(checkpoint: dict) -> dict:
-    return checkpoint["ReplayDataModule"]
-
-
-def _replay_items(run_dir: Path, checkpoint: dict, end: int) -> dict[str, torch.Tensor]:
-    """Transitions 0..end-1 (global order) from the replay chunks a checkpoint lists."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    for chunk in sorted(_data_state(checkpoint)["replay"]["chunks"], key=lambda c: c["start"]):
-        tensors = torch.load(run_dir / chunk["file"], weights_only=True)
-        take = max(0, min(chunk["end"], end) - chunk["start"])
-        for key, value in tensors.items():
-            parts.setdefault(key, []).append(value[:take])
-    return {k: torch.cat(v) for k, v in parts.items()}
+from helpers import (
+    CKPT_ROOT,
+    TINY_CONFIG,
+    TINY_EXPERIMENT,
+    LoggedRun,
+    WatchedFit,
+    assert_same_training,
+    data_state,
+    fit_and_load,
+    load_checkpoint,
+    replay_items,
+    run_folder,
+    run_hwm,
+    straight_and_split,
+)
 
 
 def _assert_steps_strictly_increase(run: LoggedRun) -> None:
@@ -64,31 +49,17 @@ def _snapshot(workdir: Path) -> dict[str, str]:
 def test_sigkill_then_resume_from_last(tmp_path: Path, mlflow_db_template: Path) -> None:
     shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
     total = 600
-    args = ["fit", "--config", str(TINY_CONFIG), "--checkpoint.every_updates", "10"]
-    args += ["--data.total_frames", str(total)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hwm.cli", *args],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        # Kill once the second checkpoint is on disk: the run is mid-way, with training after it.
-        if len(list(tmp_path.glob(f"{CKPT_ROOT}/*/update-*.json"))) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, (
-        "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
-    )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stderr.close()
+    args = ["--config", TINY_CONFIG, "--checkpoint.every_updates", 10, "--data.total_frames", total]
+    fit = WatchedFit(args, tmp_path)
+    # Kill once the second checkpoint is reported: the run is mid-way, with training after it.
+    fit.wait_for_checkpoint(count=2)
+    assert fit.proc.poll() is None, "the run ended before it could be killed: " + fit.output.text()[-2000:]
+    fit.proc.send_signal(signal.SIGKILL)
+    fit.finish(timeout=30)
 
-    run_dir = _run_dir(tmp_path)
-    resumed_from = _load(run_dir / "last.ckpt")
-    state = _data_state(resumed_from)
+    run_dir = run_folder(tmp_path)
+    resumed_from = load_checkpoint(run_dir / "last.ckpt")
+    state = data_state(resumed_from)
     frames_at_ckpt = int(state["counters"]["env_frames"])
     assert 0 < frames_at_ckpt < total
 
@@ -99,8 +70,8 @@ def test_sigkill_then_resume_from_last(tmp_path: Path, mlflow_db_template: Path)
         run.proc.stderr
     )
 
-    final = _load(run_dir / "last.ckpt")
-    counters = _data_state(final)["counters"]
+    final = load_checkpoint(run_dir / "last.ckpt")
+    counters = data_state(final)["counters"]
     assert counters["env_frames"] == total  # the budget of the killed run (from the checkpoint's config)
     assert counters["agent_steps"] == total // 4
     assert counters["resumes"] == 1
@@ -109,7 +80,7 @@ def test_sigkill_then_resume_from_last(tmp_path: Path, mlflow_db_template: Path)
     assert final["hwm"]["run_id"] == resumed_from["hwm"]["run_id"] == run.run_id  # one MLflow run
     # The resumed buffer started from the checkpointed transitions: the final replay begins with them.
     n = int(state["replay"]["write_count"])
-    before, after = _replay_items(run_dir, resumed_from, n), _replay_items(run_dir, final, n)
+    before, after = replay_items(run_dir, resumed_from, n), replay_items(run_dir, final, n)
     assert before.keys() == after.keys()
     for key in before:
         assert torch.equal(before[key], after[key]), key
@@ -127,46 +98,13 @@ SPLIT, FULL = 200, 320
 DETERMINISM_ARGS = ["--data.eval_every", str(SPLIT), "--checkpoint.every_updates", "0"]
 
 
-def straight_and_split(
-    tmp_path: Path, template: Path, args: list[str], split: int, full: int
-) -> tuple[dict, dict, dict, LoggedRun]:
-    """Fits ``full`` frames straight and ``split`` + resume to ``full``: (straight, half, resumed) last
-    checkpoints and the resumed run."""
-    straight, split_dir = tmp_path / "straight", tmp_path / "split"
-    for workdir in (straight, split_dir):
-        workdir.mkdir()
-        shutil.copyfile(template, workdir / "mlflow.db")
-    fit_and_load(straight, [*args, "--data.total_frames", str(full)])
-    fit_and_load(split_dir, [*args, "--data.total_frames", str(split)])
-    half = _load(_run_dir(split_dir) / "last.ckpt")
-    resumed = fit_and_load(split_dir, [*args, "--data.total_frames", str(full), "--ckpt_path", "last"])
-    return _load(_run_dir(straight) / "last.ckpt"), half, _load(_run_dir(split_dir) / "last.ckpt"), resumed
-
-
-def assert_same_training(a: dict, b: dict, tmp_path: Path) -> None:
-    """Same parameters bitwise, same counters, and the same replay (every stored row)."""
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), f"{key} differs after resume"
-    da, db = _data_state(a), _data_state(b)
-    assert da["counters"] == {**db["counters"], "resumes": da["counters"]["resumes"]}
-    assert db["counters"]["dropped_steps"] == 0
-    if "lanes" not in da["replay"]:
-        n = da["replay"]["write_count"]
-        assert n == db["replay"]["write_count"]
-        ra = _replay_items(_run_dir(tmp_path / "straight"), a, n)
-        rb = _replay_items(_run_dir(tmp_path / "split"), b, n)
-        for key in ra:
-            assert torch.equal(ra[key], rb[key]), key
-
-
 def test_resume_is_bitwise_deterministic(tmp_path: Path, mlflow_db_template: Path) -> None:
     base = ["--config", str(TINY_CONFIG), *DETERMINISM_ARGS]
     a, half, b, resumed = straight_and_split(tmp_path, mlflow_db_template, base, SPLIT, FULL)
-    assert _data_state(half)["in_flight_steps"] == [10]  # checkpointed mid-episode
+    assert data_state(half)["in_flight_steps"] == [10]  # checkpointed mid-episode
     assert a["hwm"]["updates"] == b["hwm"]["updates"] == 40 and half["hwm"]["updates"] == 10
     assert_same_training(a, b, tmp_path)
-    assert _data_state(a)["counters"]["env_frames"] == _data_state(b)["counters"]["env_frames"] == FULL
+    assert data_state(a)["counters"]["env_frames"] == data_state(b)["counters"]["env_frames"] == FULL
     assert resumed.run.data.tags["resume1.overrides"] == f"data.total_frames: {SPLIT} -> {FULL}"
     _assert_steps_strictly_increase(resumed)
 
@@ -182,11 +120,11 @@ def checkpointed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_rotation_keeps_last_and_their_replay(checkpointed_run: Path) -> None:
-    run_dir = _run_dir(checkpointed_run)
+    run_dir = run_folder(checkpointed_run)
     checkpoints = sorted(run_dir.glob("update-*.ckpt"))
     assert [p.name for p in checkpoints] == ["update-000000040.ckpt", "update-000000060.ckpt"]
     assert os.readlink(run_dir / "last.ckpt") == "update-000000060.ckpt"
-    needed = {c["file"] for p in checkpoints for c in _data_state(_load(p))["replay"]["chunks"]}
+    needed = {c["file"] for p in checkpoints for c in data_state(load_checkpoint(p))["replay"]["chunks"]}
     on_disk = {f"replay/{p.name}" for p in (run_dir / "replay").iterdir()}
     assert on_disk == needed
 
@@ -214,7 +152,7 @@ def _fails_with(args: list[str], workdir: Path, capfd: pytest.CaptureFixture[str
 
 
 def _last(workdir: Path) -> Path:
-    return (_run_dir(workdir) / "last.ckpt").resolve()
+    return (run_folder(workdir) / "last.ckpt").resolve()
 
 
 def test_missing_path(workdir: Path, capfd) -> None:
@@ -246,7 +184,7 @@ def test_not_an_hwm_checkpoint(workdir: Path, capfd) -> None:
 
 def test_newer_format_version(workdir: Path, capfd) -> None:
     path = _last(workdir)
-    checkpoint = _load(path)
+    checkpoint = load_checkpoint(path)
     checkpoint["hwm"]["format_version"] = 99
     torch.save(checkpoint, path)
     _fails_with(["--ckpt_path", "last"], workdir, capfd, "format version 99", "upgrade hwm")
@@ -254,7 +192,7 @@ def test_newer_format_version(workdir: Path, capfd) -> None:
 
 def test_older_format_version(workdir: Path, capfd) -> None:
     path = _last(workdir)
-    checkpoint = _load(path)
+    checkpoint = load_checkpoint(path)
     checkpoint["hwm"]["format_version"] = 1  # replay of transitions, before episodes' steps were stored
     torch.save(checkpoint, path)
     _fails_with(["--ckpt_path", "last"], workdir, capfd, "format version 1", "cannot continue")
@@ -271,7 +209,7 @@ def test_incompatible_override_is_rejected(workdir: Path, capfd) -> None:
 
 def test_weights_that_do_not_fit(workdir: Path, capfd) -> None:
     path = _last(workdir)
-    checkpoint = _load(path)
+    checkpoint = load_checkpoint(path)
     checkpoint["hwm"]["config"] = checkpoint["hwm"]["config"].replace("deter: 32", "deter: 40")
     torch.save(checkpoint, path)
     _fails_with(["--ckpt_path", "last"], workdir, capfd, "do not fit", "in the checkpoint vs", "40")
@@ -279,8 +217,8 @@ def test_weights_that_do_not_fit(workdir: Path, capfd) -> None:
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
 def test_damaged_replay_file(workdir: Path, capfd, damage: str) -> None:
-    chunk = _data_state(_load(_last(workdir)))["replay"]["chunks"][0]["file"]
-    path = _run_dir(workdir) / chunk
+    chunk = data_state(load_checkpoint(_last(workdir)))["replay"]["chunks"][0]["file"]
+    path = run_folder(workdir) / chunk
     if damage == "delete":
         path.unlink()
     else:
@@ -293,7 +231,7 @@ def test_safe_override_is_applied(workdir: Path) -> None:
         workdir, ["--config", str(TINY_CONFIG), "--ckpt_path", "last", "--data.total_frames", "440"]
     )
     assert "overrides applied: data.total_frames: 400 -> 440" in run.proc.stderr
-    assert _data_state(_load(_last(workdir)))["counters"]["env_frames"] == 440
+    assert data_state(load_checkpoint(_last(workdir)))["counters"]["env_frames"] == 440
     assert run.run.data.params["data.total_frames"] == "400"  # MLflow params are write-once...
     assert run.run.data.tags["resume1.overrides"] == "data.total_frames: 400 -> 440"  # ...the change is a tag
     assert run.client.get_experiment_by_name(TINY_EXPERIMENT) is not None
@@ -303,19 +241,21 @@ def test_safe_override_is_applied(workdir: Path) -> None:
 # Slow (three Atari fits); the default suite checks the ALE snapshot continuing an episode bitwise
 # (tests/envs/test_snapshot.py) and the whole mid-episode resume on DMC (test_resume_is_bitwise_deterministic).
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_atari_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_template: Path) -> None:
     """The discrete path, and ALE's state (RNG included) and the no-op generator checkpointed mid-episode."""
     args = ["--config", str(TINY_CONFIG), "--data.suite", "atari", "--data.task", "pong", *DETERMINISM_ARGS]
     args += ["--data.from_pixels", "true", "--data.time_limit", "200", "--data.eval_every", "240"]
     a, half, b, run = straight_and_split(tmp_path, mlflow_db_template, args, 240, 320)
-    assert _data_state(half)["in_flight_steps"] == [10]  # 60 steps, episodes of 50
-    assert _data_state(b)["counters"]["env_frames"] == 320
+    assert data_state(half)["in_flight_steps"] == [10]  # 60 steps, episodes of 50
+    assert data_state(b)["counters"]["env_frames"] == 320
     assert b["hwm"]["updates"] == half["hwm"]["updates"] + 20
     assert_same_training(a, b, tmp_path)
     _assert_steps_strictly_increase(run)
 
 
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_metaworld_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_template: Path) -> None:
     """MuJoCo's state, the goal generator and the task's Python-side episode state checkpointed."""
     args = [
@@ -330,22 +270,20 @@ def test_metaworld_resume_mid_episode_is_bitwise(tmp_path: Path, mlflow_db_templ
     args += ["--data.action_repeat", "1", "--data.time_limit", "30", "--data.prefill_frames", "40"]
     args += ["--data.train_ratio", "32", "--data.eval_every", "45"]
     a, half, b, _ = straight_and_split(tmp_path, mlflow_db_template, args, 45, 80)
-    assert _data_state(half)["in_flight_steps"] == [15]
+    assert data_state(half)["in_flight_steps"] == [15]
     assert_same_training(a, b, tmp_path)
 
 
 @pytest.mark.slow
-def test_checkpoint_without_env_states_still_resumes(
-    tmp_path: Path, mlflow_db_template: Path, run_hwm
-) -> None:
+def test_checkpoint_without_env_states_still_resumes(tmp_path: Path, mlflow_db_template: Path) -> None:
     """A checkpoint written before env states were saved (tests/fixtures/legacy_run, 400 frames, at an
     episode boundary) resumes as it used to: the next episode starts from the saved reset randomness."""
     shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
     shutil.copytree(Path(__file__).parents[1] / "fixtures" / "legacy_run", tmp_path / "old", symlinks=True)
-    assert "carrier" not in _data_state(_load(tmp_path / "old" / "last.ckpt"))
+    assert "carrier" not in data_state(load_checkpoint(tmp_path / "old" / "last.ckpt"))
     args = ["fit", "--config", str(TINY_CONFIG), "--ckpt_path", "old/last.ckpt", "--data.total_frames", "480"]
     proc = run_hwm(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    final = _data_state(_load(tmp_path / "old" / "last.ckpt"))
+    final = data_state(load_checkpoint(tmp_path / "old" / "last.ckpt"))
     assert final["counters"]["env_frames"] == 480 and final["counters"]["dropped_steps"] == 0
     assert "carrier" in final

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, TINY_CONFIG
+from helpers import REPO_ROOT, TINY_CONFIG
 from hwm.checkpoints.io import CheckpointError, load_torch_file, read_checkpoint
 from hwm.checkpoints.replay_archive import ReplayArchive
 from hwm.training.rng import rng_states

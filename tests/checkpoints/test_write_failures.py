@@ -11,41 +11,10 @@ from typing import Any
 import pytest
 import torch
 
+from fakes import FakeAgentProgress, FakeSavingTrainer, FakeStream
 from hwm.checkpoints.callback import LAST, PeriodicCheckpoint
-from hwm.checkpoints.io import AtomicCheckpointIO, read_checkpoint
+from hwm.checkpoints.io import read_checkpoint
 from hwm.training.stop import EXIT_CHECKPOINT_WRITES, StopRequests
-
-
-class _Stream:
-    counters = {"env_frames": 100}
-    at_collect_boundary = True
-    stream_finished = False
-    replay_files: list[str] = []
-
-    def use_replay_dir(self, path: Path) -> None:
-        pass
-
-
-class _Agent:
-    updates = 0
-    bar_metrics: dict[str, float] = {}
-
-
-class _Trainer:
-    """What PeriodicCheckpoint uses of a trainer: it saves through hwm's atomic checkpoint IO."""
-
-    is_global_zero = True
-    world_size = 1
-
-    def __init__(self, agent: _Agent) -> None:
-        self.agent, self.io = agent, AtomicCheckpointIO()
-
-    def save_checkpoint(self, path: Path, weights_only: bool = False) -> None:
-        checkpoint = {
-            "state_dict": {"w": torch.full((4,), float(self.agent.updates))},
-            "hwm": {"format_version": 2},
-        }
-        self.io.save_checkpoint(checkpoint, path)
 
 
 def _disk_full(obj: Any, f: Any) -> None:
@@ -54,12 +23,12 @@ def _disk_full(obj: Any, f: Any) -> None:
 
 
 @pytest.fixture
-def saver(tmp_path: Path) -> tuple[PeriodicCheckpoint, _Trainer, _Agent, StopRequests]:
-    agent, stops = _Agent(), StopRequests()
+def saver(tmp_path: Path) -> tuple[PeriodicCheckpoint, FakeSavingTrainer, FakeAgentProgress, StopRequests]:
+    agent, stops = FakeAgentProgress(), StopRequests()
     callback = PeriodicCheckpoint(dirpath=str(tmp_path), every_updates=1, max_failed_writes=3)
-    callback.attach(_Stream(), agent, stops)
+    callback.attach(FakeStream(counters={"env_frames": 100}), agent, stops)
     callback.start_run(tmp_path / "run", {"run_id": "r"})
-    return callback, _Trainer(agent), agent, stops
+    return callback, FakeSavingTrainer(agent), agent, stops
 
 
 def test_failed_write_keeps_the_previous_checkpoint_and_training_goes_on(

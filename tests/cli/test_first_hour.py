@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_CONFIG, LoggedRun, cli_env
+from helpers import TINY_CONFIG, LoggedRun, cli_env
 from hwm.cli.preflight import PreflightError, check_config_files, check_writable
 from hwm.cli.run_match import OtherRunError, check_same_run, same_value
 from hwm.cli.summary import budget_notice
@@ -177,10 +177,9 @@ def test_resume_last_refuses_a_run_of_another_experiment(tiny_run: LoggedRun, tm
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip()
-    assert err.startswith(
-        f"hwm fit: error: --ckpt_path last picked 'checkpoints/{tiny_run.run_id}/last.ckpt'"
-    )
-    assert "experiment 'hwm-tiny' (the config says 'mine')" in err and "\n" not in err
+    assert err.startswith("hwm fit: error: --ckpt_path last: no run under 'checkpoints' is of task ")
+    assert f"the newest, 'checkpoints/{tiny_run.run_id}/last.ckpt', is of experiment 'hwm-tiny'" in err
+    assert "(the config says 'mine')" in err and "\n" not in err
     assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-TINY_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "tiny.yaml"
-TINY_EXPERIMENT = "hwm-tiny"
+from helpers import TINY_CONFIG, TINY_EXPERIMENT, run_hwm
+
 HARMONIZED = ("obs", "reward", "dynamics")
 # About 20 updates past the prefill, no evaluation (as tests/cli/test_cli.py's mode tests).
 SHORT = ("--data.total_frames", "240", "--data.eval_episodes", "0")
@@ -61,9 +61,7 @@ def test_harmonizers_with_their_own_sgd(fit_tiny) -> None:
 
 
 @pytest.mark.slow
-def test_study_varies_mode_and_harmonizer_optimizer(
-    run_hwm, tmp_path: Path, mlflow_db_template: Path
-) -> None:
+def test_study_varies_mode_and_harmonizer_optimizer(tmp_path: Path, mlflow_db_template: Path) -> None:
     """The learning study's tooling at the tiny scale: `hwm study --vary` over the harmonizer mode and its
     optimizer, then `hwm compare` grouped by either."""
     shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")

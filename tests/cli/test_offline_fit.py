@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import run_hwm
+
 OFFLINE_TINY = Path(__file__).resolve().parents[2] / "conf" / "offline_tiny.yaml"
 EXPERIMENT = "hwm-offline-tiny"
 HELDOUT = ("heldout/reward_mse", "heldout/reward_mse_top10", "heldout/obs_mse", "heldout/kl")
 
 
-def _fit(run_hwm, workdir: Path, *args: object):
+def _fit(workdir: Path, *args: object):
     proc = run_hwm(["fit", "--config", OFFLINE_TINY, *args], cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -49,12 +51,9 @@ def workdirs(tmp_path: Path, mlflow_db_template: Path) -> tuple[Path, Path]:
     return dirs
 
 
-def test_offline_fit_logs_heldout_errors_and_resumes_exactly(
-    run_hwm, episode_dataset: Path, workdirs
-) -> None:
+def test_offline_fit_logs_heldout_errors_and_resumes_exactly(episode_dataset: Path, workdirs) -> None:
     straight, resumed = workdirs
     proc = _fit(
-        run_hwm,
         straight,
         "--data.dataset",
         episode_dataset,
@@ -80,7 +79,6 @@ def test_offline_fit_logs_heldout_errors_and_resumes_exactly(
     assert weights[0] == pytest.approx(1.0) and weights[-1] != weights[0]
     # The same run in two parts: 6 updates, then resumed from its run folder up to 12.
     _fit(
-        run_hwm,
         resumed,
         "--data.dataset",
         episode_dataset,
@@ -102,9 +100,9 @@ def test_offline_fit_logs_heldout_errors_and_resumes_exactly(
     )
 
 
-def test_offline_resume_refuses_other_heldout_episodes(run_hwm, episode_dataset: Path, workdirs) -> None:
+def test_offline_resume_refuses_other_heldout_episodes(episode_dataset: Path, workdirs) -> None:
     workdir, _ = workdirs
-    _fit(run_hwm, workdir, "--data.dataset", episode_dataset, "--data.total_updates", "2")
+    _fit(workdir, "--data.dataset", episode_dataset, "--data.total_updates", "2")
     (run_dir,) = (workdir / "checkpoints").iterdir()
     proc = run_hwm(["fit", "--ckpt_path", run_dir, "--data.heldout_episodes", "3"], cwd=workdir)
     assert proc.returncode == 2
@@ -112,10 +110,9 @@ def test_offline_resume_refuses_other_heldout_episodes(run_hwm, episode_dataset:
     assert "data.heldout_episodes" in lines[-1] and "start a new run" in lines[-1], proc.stderr
 
 
-def test_offline_fit_on_an_online_runs_archived_replay(run_hwm, tiny_run, tmp_path: Path) -> None:
+def test_offline_fit_on_an_online_runs_archived_replay(tiny_run, tmp_path: Path) -> None:
     (run_dir,) = (tiny_run.workdir / "checkpoints").iterdir()  # conf/tiny.yaml's run: 5 episodes of 21 rows
     proc = _fit(
-        run_hwm,
         tmp_path,
         "--data.dataset",
         run_dir,
@@ -127,7 +124,7 @@ def test_offline_fit_on_an_online_runs_archived_replay(run_hwm, tiny_run, tmp_pa
     assert "3 updates of a world model on 4 episodes (1 held out)" in proc.stderr
 
 
-def test_offline_bad_dataset_is_one_line(run_hwm, tmp_path: Path) -> None:
+def test_offline_bad_dataset_is_one_line(tmp_path: Path) -> None:
     proc = run_hwm(["fit", "--config", OFFLINE_TINY, "--data.dataset", tmp_path / "nowhere"], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -8,7 +8,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from hwm.agent import HarmonyDreamAgent
 from hwm.data.collection import transitions_to_rows
 from hwm.data.datamodule import ReplayDataModule
-from hwm.data.replay import add_rows, make_replay_buffer, sample_sequences
+from hwm.data.replay import SequenceReplay, add_rows, make_replay_buffer, sample_sequences
 from hwm.models.actor_critic import ActorCritic
 from hwm.models.actor_critic_v3 import ActorCriticV3
 from hwm.models.policy import STATE_KEYS
@@ -347,6 +347,45 @@ def test_ends_priority_weighs_the_episode_ending_window() -> None:
     starts = _starts(buffer, 64 * 200)
     ending = ((starts == 6) | (starts == 106)).float().mean().item()
     assert ending == pytest.approx(2 * 11 / (14 + 2 * 10), abs=0.02)
+
+
+def test_several_lanes_draw_each_window_by_its_weight_under_end_priority() -> None:
+    # One lane per env: lane 0 holds a short episode, lane 1 a long one, each with its ending window weighing
+    # 1 + 10. A lane drawn by its window count (7 of 34 windows) would give lane 0's ending window 7/34 x 11/17
+    # = 0.13 of the draws; drawn by its weight (17 of 54) every window gets its own weight's share: 11/54.
+    replay = SequenceReplay(capacity=200, batch_size=64, seq_len=SEQ, ends_priority=10.0, lanes=2)
+    replay.add(_rows([10]), lane=0)  # 7 windows, weight 6 + 11
+    replay.add(_rows([30], first_id=1), lane=1)  # 27 windows, weight 26 + 11
+    assert replay.lane_weights.tolist() == [17.0, 37.0]
+    starts = []
+    for _ in range(300):
+        seq = replay.sample()
+        window = seq["obs"].squeeze(-1)
+        assert (window.diff(dim=1) == 1).all(), "steps of a window are not consecutive rows"
+        assert seq["is_first"][:, 0].all() and not seq["is_first"][:, 1:].any()
+        starts.append(window[:, 0])
+    drawn = torch.cat(starts)
+    assert (drawn == 6).float().mean().item() == pytest.approx(11 / 54, abs=0.012)  # lane 0's ending window
+    assert (drawn == 126).float().mean().item() == pytest.approx(11 / 54, abs=0.012)  # lane 1's
+    assert (drawn < 100).float().mean().item() == pytest.approx(17 / 54, abs=0.015)
+
+
+def test_several_lanes_check_that_no_window_crosses_an_episode(monkeypatch: pytest.MonkeyPatch) -> None:
+    replay = SequenceReplay(capacity=200, batch_size=2, seq_len=SEQ, lanes=2)
+    for lane in (0, 1):
+        replay.add(_rows([10, 10], first_id=2 * lane), lane=lane)
+    replay.sample()  # windows inside episodes pass
+    # A sampler gone wrong: a window from row 8 runs into the next episode's reset row (row 10).
+    crossing = (torch.arange(8, 8 + SEQ).repeat(2), {})
+    monkeypatch.setattr(type(replay.buffers[0].sampler), "sample", lambda self, storage, n: crossing)
+    with pytest.raises(AssertionError, match="crosses an episode boundary"):
+        replay.sample()
+    streams = SequenceReplay(
+        capacity=200, batch_size=2, seq_len=SEQ, cross_episodes=True, ongoing=True, lanes=2
+    )
+    for lane in (0, 1):
+        streams.add(_rows([10, 10], first_id=2 * lane), lane=lane)
+    assert streams.sample()["is_first"][:, 1:].any()  # DreamerV3's windows may cross: not an error
 
 
 def test_only_finished_episodes_are_replayed_unless_ongoing() -> None:

@@ -196,7 +196,7 @@ def test_metaworld_time_limit_in_env_steps(time_limit: int, repeat: int, steps: 
     env.close()
 
 
-class _Flags:
+class FakeMetaworldFlags:
     """A stand-in Meta-world env whose success flag follows a script, one value per env step."""
 
     def __init__(self, flags: list[float]) -> None:
@@ -215,7 +215,7 @@ class _Flags:
 
 
 def test_metaworld_success_is_sticky_and_rewards_sum_over_repeats() -> None:
-    inner = _Flags([0, 0, 0, 1, 0, 0, 0, 0])
+    inner = FakeMetaworldFlags([0, 0, 0, 1, 0, 0, 0, 0])
     steps = MetaWorldSteps(inner, from_pixels=False, repeat=2, max_agent_steps=4)
     assert steps.reset()[0]["success"].item() == 0.0
     out = [steps.step(np.zeros(4)) for _ in range(4)]

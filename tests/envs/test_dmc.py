@@ -52,7 +52,9 @@ def test_states_shapes_and_dtypes(state_env) -> None:
 
 def test_pixels_shapes_and_dtypes(pixel_env) -> None:
     td = pixel_env.reset()
-    assert set(pixel_env.observation_spec.keys()) == {"pixels", "is_init"}
+    # Cartpole also observes its reward's factors, a diagnostic that the world model does not encode.
+    assert set(pixel_env.observation_spec.keys()) == {"pixels", "is_init", "reward_factors"}
+    assert td["reward_factors"].shape == (4,)
     assert td["pixels"].shape == (3, 64, 64) and td["pixels"].dtype == torch.uint8
     td = pixel_env.rand_step(td)
     assert td["next", "pixels"].shape == (3, 64, 64) and td["next", "pixels"].dtype == torch.uint8

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, TINY_CONFIG, TINY_EXPERIMENT, _run_hwm
+from helpers import REPO_ROOT, TINY_CONFIG, TINY_EXPERIMENT, run_hwm
 from hwm import cli
 from hwm.experiments import compare
 
@@ -55,7 +55,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) ->
         "--trainer.enable_checkpointing",
         "false",
     ]
-    proc = _run_hwm([str(a) for a in args], workdir, timeout=600)
+    proc = run_hwm([str(a) for a in args], workdir, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return TinyStudy(workdir, f"sqlite:///{workdir / 'mlflow.db'}", proc)
 
@@ -194,10 +194,20 @@ def test_compare_writes_valid_plots_and_logs_them_to_a_summary_run(compared, stu
 def test_compare_any_metric_and_groups_of_one_run(study: TinyStudy, tmp_path: Path, capsys) -> None:
     code = compare.main(
         [
-            "--experiment", TINY_EXPERIMENT, "--tracking-uri", study.uri, "--metric", "harmonizer/weight_reward",
-            "--filter", "params.`data.seed` = '0'", "--out", str(tmp_path), "--reps", "200",
+            "--experiment",
+            TINY_EXPERIMENT,
+            "--tracking-uri",
+            study.uri,
+            "--metric",
+            "harmonizer/weight_reward",
+            "--filter",
+            "params.`data.seed` = '0'",
+            "--out",
+            str(tmp_path),
+            "--reps",
+            "200",
         ]
-    )  # fmt: skip
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "group 'off' has one run" in captured.err and "group 'rectified' has one run" in captured.err
@@ -250,23 +260,23 @@ def test_learning_curves_of_different_lengths_share_one_grid() -> None:
 
 
 def test_study_bad_input_is_one_clear_line(capsys) -> None:
-    from hwm.experiments import study as study_mod
+    from hwm.experiments import study_run
 
-    assert study_mod.main(["--config", str(TINY_CONFIG), "--vary", "model.harmonizer_mode"]) == 2
+    assert study_run.main(["--config", str(TINY_CONFIG), "--vary", "model.harmonizer_mode"]) == 2
     assert "--vary expects KEY=V1,V2" in capsys.readouterr().err
-    assert study_mod.main(["--seeds", "0"]) == 2
+    assert study_run.main(["--seeds", "0"]) == 2
     assert "give at least one --config" in capsys.readouterr().err
 
 
 def test_study_plan_file_gives_the_same_runs(tmp_path: Path, capsys) -> None:
-    from hwm.experiments import study as study_mod
+    from hwm.experiments import study_run
 
     plan = tmp_path / "plan.yaml"
     plan.write_text(
         f"study:\n  config: [{TINY_CONFIG}]\n  seeds: [0, 1]\n"
         "  vary: {model.harmonizer_mode: [rectified, fixed]}\n  experiment: e\n"
     )
-    assert study_mod.main(["--plan", str(plan), "--dry-run", "--study-id", "s1"]) == 0
+    assert study_run.main(["--plan", str(plan), "--dry-run", "--study-id", "s1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert len(lines) == 4
     assert "--model.harmonizer_mode fixed --seed_everything 1 --data.seed 1" in lines[3]
@@ -280,28 +290,34 @@ def test_compare_notebook_is_committed_without_outputs() -> None:
             assert cell["outputs"] == [] and cell["execution_count"] is None
 
 
-def test_compare_notebook_runs_on_the_tiny_study(study: TinyStudy, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("HWM_TRACKING_URI", study.uri)
+def test_compare_notebook_runs_as_jupyter_runs_it_on_the_tiny_study(
+    study: TinyStudy, tmp_path: Path, monkeypatch, run_notebook
+) -> None:
+    # The study's store at the top of a checkout, the notebook in notebooks/, where Jupyter runs it.
+    shutil.copyfile(study.workdir / "mlflow.db", tmp_path / "mlflow.db")
+    (tmp_path / "notebooks").mkdir()
+    shutil.copyfile(NOTEBOOK, tmp_path / "notebooks" / NOTEBOOK.name)
+    for name in ("HWM_TRACKING_URI", "HWM_NOTEBOOK_OUT", "HWM_CONFIG", "MPLBACKEND"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HWM_EXPERIMENT", TINY_EXPERIMENT)
     monkeypatch.setenv("HWM_STUDY", STUDY_ID)
     monkeypatch.setenv("HWM_LAUNCH", "0")  # the study above stands in for the notebook's own
-    monkeypatch.setenv("HWM_NOTEBOOK_OUT", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    monkeypatch.setenv("MPLBACKEND", "Agg")  # plt.show() is inline in Jupyter, a no-op here
-    for cell in json.loads(NOTEBOOK.read_text())["cells"]:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), str(NOTEBOOK), "exec"), namespace)
-    result = namespace["result"]
-    assert {s.group for s in result.stats} == set(MODES) and len(result.runs) == 4
-    weights = namespace["weights"]  # group -> harmonizer weight curves
-    assert set(weights) == set(MODES)
-    png = (tmp_path / "compare_weights.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    # The cross-task section: the published rows (the paper's numbers) and their curves, without local runs.
-    published = {r.group: (round(100 * r.mean, 1), round(100 * r.median, 1)) for r in namespace["published"]}
-    assert published == {"HarmonyDream(V3), published": (136.4, 67.1), "DreamerV3, published": (107.4, 41.6)}
-    assert (tmp_path / "published_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = run_notebook(tmp_path / "notebooks" / NOTEBOOK.name, tmp_path / "notebooks")
+    assert "Warning" not in done.output("stderr"), done.output("stderr")  # e.g. tqdm's IProgress warning
+    table = done.output("stdout")
+    assert all(re.search(rf"^{mode} +2 ", table, re.MULTILINE) for mode in MODES), table
+    # The cross-task section: the paper's aggregates from the published curves, and their plot.
+    assert "HarmonyDream(V3), published" in table and "DreamerV3, published" in table
+    out = tmp_path / "notebooks" / "compare_out"
+    for name in ("curves.png", "iqm.png", "compare_weights.png", "published_overlay.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # Its text says what its weight plot shows: on the tiny study every harmonized weight ends below 1.
+    text = "".join("".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"])
+    assert "every weight drifts down from 1" in text
+    for run in _runs(study):
+        if run.data.params["model.harmonizer_mode"] == "rectified":
+            for task in ("obs", "reward", "dynamics"):
+                assert run.data.metrics[f"harmonizer/weight_{task}"] < 1.0, (run.info.run_name, task)
 
 
 def test_compare_notebook_finds_its_config_from_another_folder(tmp_path: Path, monkeypatch) -> None:

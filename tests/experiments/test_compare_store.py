@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_CONFIG
-from hwm.experiments import compare, study
+from helpers import TINY_CONFIG
+from hwm.experiments import compare, study_run, study_slot
 from hwm.experiments.runs import CompareError, RunCurve, resolve_experiment
 
 
@@ -101,7 +101,7 @@ def test_a_failed_study_run_points_at_its_full_log(tmp_path: Path, monkeypatch, 
         "--config",
         "missing.yaml",
     ]
-    assert study.main(args) == 2
+    assert study_run.main(args) == 2
     out = capsys.readouterr().out
     log = tmp_path / "studies" / "s1" / "01-seed=0.log"
     assert log.is_file() and "config file 'missing.yaml' does not exist" in log.read_text()
@@ -110,7 +110,7 @@ def test_a_failed_study_run_points_at_its_full_log(tmp_path: Path, monkeypatch, 
 
 def test_a_study_that_cannot_keep_its_logs_says_so(tmp_path: Path, capsys) -> None:
     args = ["--config", str(TINY_CONFIG), "--seeds", "0", "--study-id", "s1", "--logs", "/dev/null/logs"]
-    assert study.main(args) == 2
+    assert study_run.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert (
         err.startswith("hwm study: error: cannot write the runs' logs under /dev/null/logs/s1: ")
@@ -127,6 +127,6 @@ def test_progress_and_the_last_message_are_read_from_a_run_log(tmp_path: Path) -
         "hwm fit: error: something broke\n"
         "hwm fit:  61%|######    | 244/400 [00:11<00:07, 21frame/s, updates=21]\r"
     )
-    assert study.frames_so_far(log) == (244, 400)
-    assert study.last_message(log) == "hwm fit: error: something broke"
-    assert study.frames_so_far(tmp_path / "none.log") is None
+    assert study_slot.frames_so_far(log) == (244, 400)
+    assert study_slot.last_message(log) == "hwm fit: error: something broke"
+    assert study_slot.frames_so_far(tmp_path / "none.log") is None

@@ -22,7 +22,10 @@ ATARI_HNS = {
     "rectified": {"pong": [0.5, 1.0], "breakout": [0.2, 0.4]},
     "off": {"pong": [0.1, 0.3], "breakout": [0.0, 0.2]},
 }
-SUCCESS = {"rectified": {"lever-pull": [1.0, 0.8], "hammer": [0.6, 0.2]}, "off": {"lever-pull": [0.5, 0.5], "hammer": [0.0, 0.1]}}  # fmt: skip
+SUCCESS = {
+    "rectified": {"lever-pull": [1.0, 0.8], "hammer": [0.6, 0.2]},
+    "off": {"lever-pull": [0.5, 0.5], "hammer": [0.0, 0.1]},
+}
 
 
 def _log_run(
@@ -52,11 +55,22 @@ def _atari_run(
     returns = [(100_000, lo), (200_000, (lo + final) / 2), (400_000, final)]
     hns_curve = [(s, (v - lo) / (hi - lo)) for s, v in returns]
     _log_run(
-        client, exp_id, f"harmonizer_mode={mode} task={task} seed={seed}",
-        params={"model.harmonizer_mode": mode, "data.task": task, "data.suite": suite, "seed_everything": str(seed)},
+        client,
+        exp_id,
+        f"harmonizer_mode={mode} task={task} seed={seed}",
+        params={
+            "model.harmonizer_mode": mode,
+            "data.task": task,
+            "data.suite": suite,
+            "seed_everything": str(seed),
+        },
         tags={"task": task, "suite": suite, "seed": str(seed)},
-        metrics={"eval/return": returns, "eval/human_normalized_score": hns_curve, "progress/env_frames": [(400_000, 400_000)]},
-    )  # fmt: skip
+        metrics={
+            "eval/return": returns,
+            "eval/human_normalized_score": hns_curve,
+            "progress/env_frames": [(400_000, 400_000)],
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +95,35 @@ def store(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) ->
             for seed, success in enumerate(values):
                 curve = [(250_000, success / 2), (500_000, success)]
                 _log_run(
-                    client, metaworld, f"{mode} {task} {seed}",
+                    client,
+                    metaworld,
+                    f"{mode} {task} {seed}",
                     params={"model.harmonizer_mode": mode},  # task and suite only as tags: enough
                     tags={"task": task, "suite": "metaworld"},
                     metrics={"eval/success_rate": curve, "eval/return": [(500_000, 100 * success)]},
-                )  # fmt: skip
+                )
     unknown = client.create_experiment("unknown-game")
     _atari_run(client, unknown, "off", "pong", 0, 0.5)
     _atari_run(client, unknown, "off", "tennis", 0, 0.5)
     no_task = client.create_experiment("no-task")
-    _log_run(client, no_task, "anonymous", params={"model.harmonizer_mode": "off"}, tags={"suite": "atari"},
-             metrics={"eval/return": [(1000, 1.0)]})  # fmt: skip
+    _log_run(
+        client,
+        no_task,
+        "anonymous",
+        params={"model.harmonizer_mode": "off"},
+        tags={"suite": "atari"},
+        metrics={"eval/return": [(1000, 1.0)]},
+    )
     mixed = client.create_experiment("mixed")
     _atari_run(client, mixed, "off", "pong", 0, 0.5)
-    _log_run(client, mixed, "mw", params={"model.harmonizer_mode": "off", "data.task": "hammer"},
-             tags={"suite": "metaworld"}, metrics={"eval/success_rate": [(1000, 0.5)]})  # fmt: skip
+    _log_run(
+        client,
+        mixed,
+        "mw",
+        params={"model.harmonizer_mode": "off", "data.task": "hammer"},
+        tags={"suite": "metaworld"},
+        metrics={"eval/success_rate": [(1000, 0.5)]},
+    )
     return uri
 
 
@@ -161,9 +189,13 @@ def test_env_logged_hns_gives_the_same_aggregates(
     store: str, atari_out: tuple[Path, str], tmp_path: Path
 ) -> None:
     result = compare_tasks.compare_across_tasks(
-        tracking_uri=store, experiment="atari", metric="eval/human_normalized_score",
-        group_by="model.harmonizer_mode", out_dir=tmp_path, reps=REPS,
-    )  # fmt: skip
+        tracking_uri=store,
+        experiment="atari",
+        metric="eval/human_normalized_score",
+        group_by="model.harmonizer_mode",
+        out_dir=tmp_path,
+        reps=REPS,
+    )
     by_return = {r["group"]: r for r in json.loads((atari_out[0] / "summary.json").read_text())["rows"]}
     for row in result.rows:
         ref = by_return[row.group]

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from conftest import TINY_CONFIG, TINY_EXPERIMENT, cli_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import TINY_CONFIG, TINY_EXPERIMENT, MlflowServer, cli_env
 
 
 def _get(base: str, endpoint: str, **query: str) -> dict:
@@ -40,55 +26,11 @@ def _post(base: str, path: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path, mlflow_db_template: Path) -> Iterator[str]:
-    """A server on 127.0.0.1 with a pre-migrated sqlite store, serving artifacts from tmp_path."""
-    shutil.copyfile(mlflow_db_template, tmp_path / "server.db")
-    port = _free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-    ]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    cmd += ["--serve-artifacts", "--artifacts-destination", str(tmp_path / "artifacts")]
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    # Its own session: the web workers are its children and go with it.
-    server = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-
-
-def test_fit_logs_run_metrics_and_media_to_a_server(mlflow_server: str, tmp_path: Path) -> None:
+def test_fit_logs_run_metrics_and_media_to_a_server(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     workdir = tmp_path / "fit"
     workdir.mkdir()
-    args = ["fit", "--config", TINY_CONFIG, "--trainer.logger.init_args.tracking_uri", mlflow_server]
+    base = mlflow_server.base
+    args = ["fit", "--config", TINY_CONFIG, "--trainer.logger.init_args.tracking_uri", base]
     # Pixels with videos: the run's media travel to the server too.
     args += [
         "--data.from_pixels",
@@ -110,9 +52,9 @@ def test_fit_logs_run_metrics_and_media_to_a_server(mlflow_server: str, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (workdir / "mlflow.db").exists()  # nothing went to a local store
 
-    exp = _get(mlflow_server, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=TINY_EXPERIMENT)
+    exp = _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=TINY_EXPERIMENT)
     runs = _post(
-        mlflow_server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment"]["experiment_id"]]}
+        base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment"]["experiment_id"]]}
     )
     assert len(runs["runs"]) == 1
     run = runs["runs"][0]
@@ -125,7 +67,7 @@ def test_fit_logs_run_metrics_and_media_to_a_server(mlflow_server: str, tmp_path
 
     for task in ("obs", "reward", "dynamics"):
         history = _get(
-            mlflow_server,
+            base,
             "/api/2.0/mlflow/metrics/get-history",
             run_id=run_id,
             metric_key=f"harmonizer/weight_{task}",
@@ -135,17 +77,12 @@ def test_fit_logs_run_metrics_and_media_to_a_server(mlflow_server: str, tmp_path
             len(history) > 5 and steps == sorted(set(steps)) and 0 < steps[-1] <= 400
         )  # keyed by env frames
         assert history[-1]["value"] != 1.0  # learned, not the initial weight
-    evals = _get(
-        mlflow_server, "/api/2.0/mlflow/metrics/get-history", run_id=run_id, metric_key="eval/return"
-    )
+    evals = _get(base, "/api/2.0/mlflow/metrics/get-history", run_id=run_id, metric_key="eval/return")
     assert [m["step"] for m in evals["metrics"]][-1] == 400
 
-    top = {
-        f["path"]
-        for f in _get(mlflow_server, "/api/2.0/mlflow/artifacts/list", run_id=run_id).get("files", [])
-    }
+    top = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=run_id).get("files", [])}
     assert {"config.yaml", "media"} <= top
-    media = _get(mlflow_server, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="media")["files"]
+    media = _get(base, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="media")["files"]
     names = {f["path"] for f in media}
     assert {"media/eval_episode_000000400.gif", "media/open_loop_000000400.gif"} <= names
     assert all(int(f["file_size"]) > 1000 for f in media)

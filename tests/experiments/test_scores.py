@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from hwm.envs.atari_scores import ATARI100K_SCORES, atari100k_game, human_normalized_score
 from hwm.experiments import scores
 
@@ -30,8 +30,10 @@ def test_published_curves_give_the_papers_atari_100k_numbers() -> None:
         assert row.ci_low is not None and row.ci_high is not None and row.ci_low <= row.iqm <= row.ci_high
     # The same through the plain functions: final point, mean over the 5 seeds, normalised, mean/median.
     finals = scores.load_reference("harmonydream_v3").finals()
-    means = {g: (v.mean() - ATARI100K_SCORES[g][0]) / (ATARI100K_SCORES[g][1] - ATARI100K_SCORES[g][0])
-             for g, v in finals.items()}  # fmt: skip
+    means = {
+        g: (v.mean() - ATARI100K_SCORES[g][0]) / (ATARI100K_SCORES[g][1] - ATARI100K_SCORES[g][0])
+        for g, v in finals.items()
+    }
     assert harmony.mean == pytest.approx(np.mean(list(means.values())), abs=1e-12)
     assert harmony.median == pytest.approx(np.median(list(means.values())), abs=1e-12)
     assert scores.mean_and_median(scores.human_normalized(finals)) == (harmony.mean, harmony.median)
@@ -55,13 +57,19 @@ def test_published_files_are_package_data_and_credited() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     patterns = config["tool"]["setuptools"]["package-data"]["hwm.experiments"]
-    files = sorted(p.relative_to(REFERENCE_DIR.parent).as_posix() for p in REFERENCE_DIR.iterdir())
+    files = sorted(
+        p.relative_to(REFERENCE_DIR.parent).as_posix() for p in REFERENCE_DIR.rglob("*") if p.is_file()
+    )
     assert {f for f in files if any(fnmatch.fnmatch(f, p) for p in patterns)} == set(files)
     assert {f"reference_scores/{name}" for _, name in scores.REFERENCES.values()} <= set(files)
     notice = (REFERENCE_DIR / "README.md").read_text()
     assert (
         "thuml/HarmonyDream" in notice and "MIT License" in notice and "THUML @ Tsinghua University" in notice
     )
+    # The DMC curves (danijar/dreamerv3's score files) carry their own notice beside them.
+    assert any(f.startswith("reference_scores/dmc/") and f.endswith(".json.gz") for f in files)
+    dmc_notice = (REFERENCE_DIR / "dmc" / "README.md").read_text()
+    assert "danijar/dreamerv3" in dmc_notice and "MIT" in dmc_notice
 
 
 def test_game_names_and_human_normalised_scores() -> None:
@@ -119,9 +127,12 @@ def test_iqm_ci_is_rliables_stratified_bootstrap_and_leaves_the_global_rng_alone
 
 def test_aggregate_normalises_atari_returns_and_keeps_the_raw_ones() -> None:
     row = scores.aggregate(
-        "mine", {"Pong": [-20.7 + 35.3 * 0.5, 14.6], "breakout": [1.7, 1.7 + 28.8 * 0.4]},
-        normalize="atari", reps=200, frames=(300_000, 400_000),
-    )  # fmt: skip
+        "mine",
+        {"Pong": [-20.7 + 35.3 * 0.5, 14.6], "breakout": [1.7, 1.7 + 28.8 * 0.4]},
+        normalize="atari",
+        reps=200,
+        frames=(300_000, 400_000),
+    )
     assert row.per_task == {"pong": pytest.approx(0.75), "breakout": pytest.approx(0.2)}
     assert row.per_task_raw == {"pong": pytest.approx(5.775), "breakout": pytest.approx(7.46)}
     assert (row.mean, row.median) == (pytest.approx(0.475), pytest.approx(0.475))

@@ -112,3 +112,24 @@ def test_both_systems_get_the_same_envs_and_device() -> None:
     assert hwm[hwm.index("--data.num_envs") + 1] == "4"
     assert hwm[hwm.index("--trainer.accelerator") + 1] == "gpu"
     assert "env.sync_env=True" in compare.sheeprl_overrides(256, 20, 3, 2, 5)  # one env: in-process
+
+
+def test_the_sheeprl_venv_pins_every_package_to_one_version() -> None:
+    lines = [
+        line.strip() for line in compare.REQUIREMENTS.read_text().splitlines() if not line.startswith("#")
+    ]
+    assert all(line.count("==") == 1 and not set("<>~!;[") & set(line) for line in lines), lines
+    pins = compare.pinned()
+    assert len(pins) == len(lines)  # one line per package, none twice
+    assert pins["sheeprl"] == compare.SHEEPRL_VERSION and pins["torch"] == "2.13.0"
+    # dm_control 1.0.52 needs mujoco >= 4.0.1, under which its suite no longer loads: the pair that works.
+    assert (pins["mujoco"], pins["dm-control"]) == ("3.17.0", "1.0.50")
+
+
+def test_a_venv_is_reused_only_when_it_holds_the_pinned_versions() -> None:
+    pins = {"torch": "2.13.0", "dm-control": "1.0.50", "pyyaml": "6.0.4"}
+    assert compare.mismatches({"torch": "2.13.0+cpu", "dm_control": "1.0.50", "PyYAML": "6.0.4"}, pins) == []
+    assert compare.mismatches({"torch": "2.13.0", "dm_control": "1.0.52"}, pins) == [
+        "dm-control==1.0.50 (found 1.0.52)",
+        "pyyaml==6.0.4 (found none)",
+    ]

@@ -209,10 +209,15 @@ def test_actor_critic_v3_losses_and_slow_critic(discrete: bool) -> None:
     _, posterior, _ = wm.loss(_batch(STATES))
     ac = ActorCriticV3(wm.rssm.feat_dim, A, discrete, units=16, layers=1, horizon=4)
     assert ac.critic[-1].weight.abs().sum() == 0  # zero-initialised critic output
+    torch.manual_seed(1)
     losses, metrics = ac.loss(wm, posterior)
     assert set(losses) == {"actor", "critic"} and all(torch.isfinite(v) for v in losses.values())
-    # Critic: two-hot NLL of the target plus the slow regulariser, both log(255) for a zero critic.
-    assert losses["critic"].item() > 0
+    # Critic: two-hot NLL of the target plus the slow regulariser, both log(255) for a zero critic, weighed
+    # by each imagined step's weight (the same rollout again: same seed).
+    torch.manual_seed(1)
+    weight = ac._rollout(wm, posterior).weight
+    expected = (1 + ac.slow_reg) * math.log(255) * weight.mean().item()
+    assert losses["critic"].item() == pytest.approx(expected, rel=1e-5)
     losses["actor"].backward()
     assert all(p.grad is None for p in ac.critic.parameters())  # the actor's loss does not train the critic
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ac.actor.parameters())

@@ -36,8 +36,11 @@ def test_gpu_plan_is_cheetah_v2_and_v3_s_in_fp32_and_bf16() -> None:
 def test_gpu_mode_without_cuda_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(TOOLS / "gpu_selfcheck.py"), "--no-install", "--wheelhouse", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu_selfcheck: error: torch ")
@@ -71,6 +74,7 @@ def test_runs_past_the_budget_are_reported_not_started(tmp_path: Path, capsys: p
 
 # Slow: a real fit; tests/tools/test_wheelhouse_install.py (slow) also runs the whole CPU self-check.
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_one_cpu_run_writes_throughputs_json_line(tmp_path: Path) -> None:
     """The self-check's run of throughput.py from a wheelhouse's layout (installed from it: the slow test)."""
     for dest, src in wh.SELFCHECK_FILES.items():

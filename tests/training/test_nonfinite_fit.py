@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_CONFIG, TINY_EXPERIMENT
+from helpers import TINY_CONFIG, TINY_EXPERIMENT
 from hwm.models.world_model import WorldModel
 from hwm.training.stop import EXIT_NONFINITE
 
@@ -61,6 +61,7 @@ def test_a_few_nonfinite_updates_are_skipped_and_counted(
 
 
 @pytest.mark.slow
+@pytest.mark.covers_alone
 def test_a_run_of_nonfinite_updates_stops_naming_the_last_good_checkpoint(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -6,31 +6,18 @@ from __future__ import annotations
 import io
 import logging
 import sys
-from collections.abc import Mapping
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass, field
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from fakes import FakeAgentProgress, FakeStream, FakeTrackingStatus
 from hwm.training.progress import LIGHTNING_LOG, FrameProgressBar
 
 
-@dataclass
-class FakeStream:
-    counters: dict[str, float] = field(default_factory=lambda: {"env_frames": 0})
-    total_frames: int = 400
-
-
-@dataclass
-class FakeAgent:
-    updates: int = 0
-    bar_metrics: Mapping[str, float] = field(default_factory=dict)
-
-
 def test_the_bar_opens_late_lets_log_lines_through_and_ends_on_the_final_evaluation() -> None:
-    stream, agent = FakeStream(), FakeAgent()
+    stream, agent = FakeStream(total_frames=400), FakeAgentProgress()
     bar = FrameProgressBar()
-    bar.attach(stream, agent)  # type: ignore[arg-type]
+    bar.attach(stream, agent, FakeTrackingStatus())
     lightning_log = logging.getLogger(LIGHTNING_LOG)
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):

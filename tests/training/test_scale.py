@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_CONFIG, LoggedRun, fit_and_load
+from helpers import REPO_ROOT, TINY_CONFIG, LoggedRun, fit_and_load, load_script
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
@@ -35,6 +35,7 @@ def test_bf16_mixed_fit_has_finite_losses(fit_tiny, base: str) -> None:
 
 
 @pytest.mark.slow  # model.compile is opt-in (off by default) and costs a minute of compiling on a CPU
+@pytest.mark.covers_alone
 def test_compiled_fit_trains_and_checkpoints_like_eager(fit_tiny, tmp_path: Path) -> None:
     run = fit_tiny("--model.compile", "true", "--model.base", "dreamerv3", "--data.total_frames", "240")
     assert run.run.data.params["model.compile"] == "True"
@@ -98,10 +99,8 @@ def test_time_split_is_logged(tiny_run: LoggedRun) -> None:
 
 def test_throughput_benchmark_reports_one_json_line(tmp_path: Path, monkeypatch, capsys) -> None:
     import json
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-    import throughput
+    throughput = load_script(REPO_ROOT / "benchmarks" / "throughput.py")
 
     monkeypatch.chdir(tmp_path)
     assert (

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from hwm.checkpoints.io import FORMAT_VERSION, HWM_KEY, atomic_symlink, atomic_write
 from hwm.checkpoints.replay_archive import REPLAY_DIR
 from hwm.training.stop import EXIT_CHECKPOINT_WRITES, StopBoard, StopReason
-from hwm.training.stream import AgentProgress, CheckpointedStream
+from hwm.training.stream import AgentProgress, CheckpointedStream, unwired
 
 LAST = "last.ckpt"
 
@@ -83,20 +83,18 @@ class PeriodicCheckpoint(Checkpoint):
         self.max_failed_writes = max_failed_writes
         self.failed_writes = 0  # in a row
         self.last_saved_path: Path | None = None
-        self._stops: StopBoard | None = None
+        self._stops: StopBoard = unwired("PeriodicCheckpoint", "the run's stop board")
         self.run_dir: Path | None = None
         self.run_info: dict[str, Any] = {}
-        self._stream: CheckpointedStream | None = None
-        self._agent: AgentProgress | None = None
+        self._stream: CheckpointedStream = unwired("PeriodicCheckpoint", "the data stream")
+        self._agent: AgentProgress = unwired("PeriodicCheckpoint", "the agent")
         self._last_time = time.monotonic()
         # The stamp (updates first) of the last save, or of the training start.
         self._last_saved: tuple = (-1, None, None)
         # Updates at the last save or failed attempt: the schedule counts from either.
         self._last_attempt = -1
 
-    def attach(
-        self, stream: CheckpointedStream, agent: AgentProgress, stops: StopBoard | None = None
-    ) -> None:
+    def attach(self, stream: CheckpointedStream, agent: AgentProgress, stops: StopBoard) -> None:
         """What a checkpoint cuts: the data stream (its clean points, its replay) and the agent's updates;
         where to file a stop when writes keep failing."""
         self._stream, self._agent, self._stops = stream, agent, stops
@@ -110,26 +108,28 @@ class PeriodicCheckpoint(Checkpoint):
 
     def _stamp(self) -> tuple:
         """Changes whenever the training state does; the same on every DDP process."""
-        assert self._stream is not None and self._agent is not None, "attach() comes before training"
         return (self._agent.updates, self._stream.counters.get("env_frames"), self._stream.stream_finished)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # The CLI knows the MLflow run (hence the folder) on rank 0 only.
         self.run_dir, self.run_info = trainer.strategy.broadcast((self.run_dir, self.run_info), src=0)
-        if self.run_dir is not None and self._stream is not None:
+        if self.run_dir is not None:
             # Before Lightning restores a checkpoint: a resumed stream reads its replay from there.
             self._stream.use_replay_dir(self.run_dir)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_time = time.monotonic()
         self._last_saved = self._stamp()
-        self._last_attempt = self._agent.updates if self._agent is not None else -1
+        self._last_attempt = self._agent.updates
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        assert self._stream is not None and self._agent is not None, "attach() comes before training"
         # A run stopping now saved already (a preemption) or must not save (a stop that names the last good
         # checkpoint: this one would be newer than the last good state).
         if not self._stream.at_collect_boundary or trainer.should_stop:
+            return
+        if self.save_on_train_end and self._stream.counters.get("env_frames", 0) >= self._stream.total_frames:
+            # The last update: the stream ends with its final evaluation next, and on_train_end saves the
+            # state with it. A save now would be the same update written twice.
             return
         updates = self._agent.updates
         by_updates = self.every_updates and updates - self._last_attempt >= self.every_updates
@@ -143,7 +143,6 @@ class PeriodicCheckpoint(Checkpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The stream's end (a final evaluation) may follow the last periodic save. A run stopped early saved
         # already (Preemption) or must not try again (writes failing).
-        assert self._stream is not None, "attach() comes before training"
         if self.save_on_train_end and self._stream.stream_finished and self._stamp() != self._last_saved:
             self.save(trainer, pl_module)
 
@@ -156,7 +155,6 @@ class PeriodicCheckpoint(Checkpoint):
     def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
         """Writes a checkpoint; on a failed write (OSError) reports it and returns None, the previous
         checkpoint untouched, and files a stop after ``max_failed_writes`` failures in a row."""
-        assert self._agent is not None, "attach() comes before training"
         self._last_time = time.monotonic()
         self._last_attempt = self._agent.updates
         try:
@@ -179,7 +177,7 @@ class PeriodicCheckpoint(Checkpoint):
         rank_zero_warn(
             f"hwm: checkpoint write failed ({detail}; {self.failed_writes} in a row); {previous}; training goes on"
         )
-        if self.failed_writes >= self.max_failed_writes and self._stops is not None:
+        if self.failed_writes >= self.max_failed_writes:
             self._stops.request_stop(
                 StopReason(
                     EXIT_CHECKPOINT_WRITES,
@@ -192,7 +190,6 @@ class PeriodicCheckpoint(Checkpoint):
     def _write(self, trainer: L.Trainer) -> Path:
         if self.run_dir is None:
             raise RuntimeError("PeriodicCheckpoint.start_run() is called by the CLI before training")
-        assert self._stream is not None and self._agent is not None, "attach() comes before training"
         updates = self._agent.updates
         name = f"update-{updates:09d}.ckpt"
         path = self.run_dir / name
@@ -225,7 +222,6 @@ class PeriodicCheckpoint(Checkpoint):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        assert self._agent is not None, "attach() comes before training"
         checkpoint[HWM_KEY] = {
             "format_version": FORMAT_VERSION,
             "updates": self._agent.updates,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from numpy._core import multiarray
 
 # Bump when the layout under checkpoint["hwm"] changes incompatibly.
 # 2: replay rows in DreamerV2/V3's step layout (reset observations stored, is_first/is_last flags).
@@ -39,8 +40,8 @@ SAFE_GLOBALS: tuple[Any, ...] = (
     # Pickle protocol 2 (torch.save's) writes an empty bytes object as a call of ``bytes``: a constructor of
     # plain data, whatever its arguments (env snapshots hold some).
     bytes,
-    np._core.multiarray._reconstruct,
-    np._core.multiarray.scalar,
+    multiarray._reconstruct,
+    multiarray.scalar,
     np.ndarray,
     np.dtype,
     *(getattr(np.dtypes, name) for name in np.dtypes.__all__ if name.endswith("DType")),

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from hwm.checkpoints.callback import PeriodicCheckpoint
 from hwm.training.stop import EXIT_PREEMPTED, StopReason, StopRequests
-from hwm.training.stream import AgentProgress, CheckpointedStream
+from hwm.training.stream import AgentProgress, CheckpointedStream, unwired
 
 Handler = Any  # what signal.getsignal returns: a callable, SIG_DFL, SIG_IGN or None
 
@@ -65,9 +65,9 @@ class Preemption(Callback):
         self.forced = False  # a second Ctrl-C: stopped at once
         self.saved: Path | None = None
         self._requeue_signal: signal.Signals | None = None
-        self._stream: CheckpointedStream | None = None
-        self._agent: AgentProgress | None = None
-        self._checkpoint: PeriodicCheckpoint | None = None
+        self._stream: CheckpointedStream = unwired("Preemption", "the data stream")
+        self._agent: AgentProgress = unwired("Preemption", "the agent")
+        self._checkpoint: PeriodicCheckpoint | None = None  # checkpointing off
         self._previous: dict[signal.Signals, Handler] = {}
 
     def attach(
@@ -124,7 +124,6 @@ class Preemption(Callback):
 
     # -- acting at a clean point --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        assert self._stream is not None and self._agent is not None, "attach() comes before training"
         requested = self.stops.requested
         if trainer.world_size > 1:
             # Saving and stopping are collective: any process's reason stops them all.

@@ -6,6 +6,7 @@ import difflib
 import importlib
 import inspect
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch import Trainer
@@ -13,6 +14,7 @@ from lightning.pytorch import Trainer
 from hwm.agent import HarmonyDreamAgent
 from hwm.checkpoints.callback import PeriodicCheckpoint
 from hwm.checkpoints.preemption import Preemption
+from hwm.config.prescan import config_paths, last_value, read_config
 from hwm.data.datamodule import ReplayDataModule
 from hwm.training.progress import FrameProgressBar
 from hwm.training.tracking_buffer import TrackingBuffer
@@ -28,7 +30,7 @@ def one_line(exc: BaseException) -> str:
 
 
 # The classes behind the top-level config groups, for "did you mean" hints on unknown keys.
-_GROUP_CLASSES: dict[str, Any] = {
+GROUP_CLASSES: dict[str, Any] = {
     "model": HarmonyDreamAgent,
     "data": ReplayDataModule,
     "trainer": Trainer,
@@ -37,7 +39,7 @@ _GROUP_CLASSES: dict[str, Any] = {
     "preemption": Preemption,
     "tracking": TrackingBuffer,
 }
-_TOP_LEVEL_KEYS = ["config", "print_config", "seed_everything", *_GROUP_CLASSES]
+_TOP_LEVEL_KEYS = ["config", "print_config", "seed_everything", "ckpt_path", *GROUP_CLASSES]
 
 
 def _options(target: Any) -> list[str]:
@@ -58,7 +60,7 @@ def _key_options(key: str) -> list[str]:
     """The valid siblings of a config key, as far as they can be known cheaply."""
     if "." not in key:
         return _TOP_LEVEL_KEYS
-    return _options(_GROUP_CLASSES.get(key.split(".")[0]))
+    return _options(GROUP_CLASSES.get(key.split(".")[0]))
 
 
 def _unknown_key(key: str, options: list[str]) -> str:
@@ -79,6 +81,66 @@ def _type_name(text: str) -> str:
     if literal:
         return f"one of {literal.group(1)}"
     return text.replace("NoneType", "None")
+
+
+# Options whose value is a class with options of its own (``class_path`` / ``init_args``, or the options
+# given directly); their children are checked too. Other mappings (``data.env_options``) are free-form.
+_CLASS_OPTIONS = {"model.world_model": 0, "model.actor_critic": 1, "trainer.logger": None}
+_CLASS_KEYS = ["class_path", "init_args", "dict_kwargs"]
+
+
+def _class_options(option: str, value: Any, base: str) -> list[str] | None:
+    """The options of the class an option is given as (its ``class_path``, else the base's default)."""
+    path = value.get("class_path") if isinstance(value, dict) else None
+    which = _CLASS_OPTIONS[option]
+    if path is None and which is not None:
+        from hwm.models import presets
+
+        cls = presets.CLASSES.get(base, presets.CLASSES["dreamerv2"])[which]
+        return _options(cls) + _CLASS_KEYS
+    return _options(path) + _CLASS_KEYS if path else None
+
+
+def unknown_keys(config: dict[str, Any], base: str = "dreamerv2") -> list[str]:
+    """Every key of a config file that no option accepts, each with its "did you mean" (if one is close)."""
+    found: list[str] = []
+
+    def check(key: str, options: list[str]) -> None:
+        parent, _, name = key.rpartition(".")
+        if not options or name in options:
+            return
+        close = difflib.get_close_matches(name, options, n=1)
+        prefix = f"{parent}." if parent else ""
+        found.append(f'"{key}"' + (f' (did you mean "{prefix}{close[0]}"?)' if close else ""))
+
+    for top, section in config.items():
+        check(top, _TOP_LEVEL_KEYS)
+        if top not in GROUP_CLASSES or not isinstance(section, dict):
+            continue
+        options = _options(GROUP_CLASSES[top])
+        for name, value in section.items():
+            check(f"{top}.{name}", options)
+            option = f"{top}.{name}"
+            if option not in _CLASS_OPTIONS or not isinstance(value, dict):
+                continue
+            inner = _class_options(option, value, base)
+            if inner is None:
+                continue
+            given = value.get("init_args")
+            args: dict[str, Any] = given if isinstance(given, dict) else {}
+            for key in [*value, *(f"init_args.{k}" for k in args)]:
+                if key != "init_args":
+                    check(f"{option}.{key}", inner)
+    return found
+
+
+def _as_whole_number(wanted: str, got: str) -> str:
+    """A hint for ``1e5`` where an int is wanted (YAML reads it as text: a config file must spell it out)."""
+    try:
+        value = float(got)
+    except ValueError:
+        return ""
+    return f" (write {int(value)})" if "int" in wanted and value.is_integer() else ""
 
 
 def explain_parse_error(exc: BaseException) -> str:
@@ -109,6 +171,23 @@ def explain_parse_error(exc: BaseException) -> str:
         return f'Key "{key}": expected {subtypes}; got {union.group(2)!r}'
     expected = re.search(r"Expected an? (.+?)\. Got value: (.*?)(?:\. Got value: .*)?$", text)
     if expected and key:
-        return f'Key "{key}": expected {_type_name(expected.group(1))}; got {expected.group(2)!r}'
+        wanted, got = _type_name(expected.group(1)), expected.group(2)
+        return f'Key "{key}": expected {wanted}; got {got!r}' + _as_whole_number(wanted, got)
     text = re.sub(r"\.? Got value: Namespace\(.*$", "", text).replace('Parser key "', 'Key "')
     return text or type(exc).__name__
+
+
+def explain_config_error(exc: BaseException, args: Sequence[str]) -> str:
+    """``explain_parse_error``; for an unknown key, every unknown key of each config file given, by file
+    (jsonargparse stops at the first and does not say where it was)."""
+    message = explain_parse_error(exc)
+    if "is not accepted" not in message:
+        return message
+    base = str(last_value(args, "model.base", "dreamerv2"))
+    found = []
+    for path in config_paths(args):
+        keys = unknown_keys(read_config(path), base)
+        if keys:
+            what = "an unknown key" if len(keys) == 1 else f"{len(keys)} unknown keys"
+            found.append(f"config file {str(path)!r} has {what}: {', '.join(keys)}")
+    return "; ".join(found) or message

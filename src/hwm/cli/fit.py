@@ -1,5 +1,5 @@
-"""`hwm fit` on LightningCLI: the parser (typed constructors as config), building the run's objects, and
-handing each its collaborators (``wire``)."""
+"""`hwm fit` on LightningCLI: the parser (typed constructors as config) and building the run's objects;
+``hwm.cli.wiring`` hands each its collaborators."""
 
 from __future__ import annotations
 
@@ -12,20 +12,23 @@ from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from hwm.agent import HarmonyDreamAgent
 from hwm.checkpoints.callback import PeriodicCheckpoint
 from hwm.checkpoints.io import AtomicCheckpointIO
 from hwm.checkpoints.preemption import Preemption
-from hwm.cli.errors import ConfigError, explain_parse_error, one_line
-from hwm.cli.prescan import last_value
+from hwm.cli.errors import ConfigError, explain_config_error, one_line
+from hwm.cli.numbers import whole_numbers
+from hwm.cli.wiring import RunCallbacks, link, wire
+from hwm.config.prescan import last_value
 from hwm.data.datamodule import ReplayDataModule
+from hwm.experiments.store import prepare_store
 from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, default_run_name
 from hwm.models import presets
 from hwm.training.progress import FrameProgressBar
@@ -44,16 +47,17 @@ class HwmCLI(LightningCLI):
     data_class_default: type[L.LightningDataModule] = ReplayDataModule
     progress_bar_class: type[FrameProgressBar] = FrameProgressBar
     run_kind = "agent"
+    # The callbacks the trainer was given.
+    run_callbacks: list[Callback]
 
-    def add_core_arguments_to_parser(self, parser: ArgumentParser) -> None:
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # hwm's own classes first, Lightning's Trainer last (add_arguments_to_parser): `hwm fit --help` then
         # leads with hwm's options instead of ~360 lines of Trainer options.
-        parser.add_lightning_class_args(self.model_class, "model")
-        parser.add_lightning_class_args(self.datamodule_class, "data")
+        parser.add_lightning_class_args(self.model_class_default, "model")
+        parser.add_lightning_class_args(self.data_class_default, "data")
 
-    def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
-        # The agent's network shapes come from the env the data module built.
-        parser.link_arguments("data.env_info", "model.env_info", apply_on="instantiate")
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        link(parser)
         parser.add_lightning_class_args(self.progress_bar_class, "progress_bar")
         parser.add_lightning_class_args(PeriodicCheckpoint, "checkpoint")
         parser.add_lightning_class_args(Preemption, "preemption")
@@ -83,14 +87,21 @@ class HwmCLI(LightningCLI):
             }
         )
 
-    def parse_arguments(self, parser: ArgumentParser, args: Any) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # model.base / model.size choose the classes and their defaults before parsing, so that every
         # explicit key (model.world_model.init_args.deter, ...) still overrides the preset.
         if isinstance(args, (list, tuple)):
+            args = whole_numbers(args)  # --data.total_frames 1e5
             base = last_value(args, "model.base", "dreamerv2")
             parser.set_defaults(presets.defaults(base, last_value(args, "model.size")))
         super().parse_arguments(parser, args)
         name_run(self.config)
+
+    def before_instantiate_classes(self) -> None:
+        # After LightningCLI seeded (and drew the seed of ``seed_everything: true``), before the classes exist.
+        share_seed(self.config)
+        # Before the logger opens the store: a new sqlite store is created once, under a lock.
+        prepare_tracking(self.config)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("enable_checkpointing") is False:
@@ -104,7 +115,9 @@ class HwmCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         self.requeue_signal = _requeue_signal(plugins)
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        self.run_callbacks = list(config.get("callbacks") or callbacks)  # the config's, ours added
+        return trainer
 
     @property
     def agent(self) -> HarmonyDreamAgent:
@@ -133,33 +146,22 @@ class HwmCLI(LightningCLI):
     def config_yaml(self) -> str:
         return self.parser.dump(self.config, skip_none=False, skip_check=True)
 
+    @property
+    def callbacks(self) -> RunCallbacks:
+        return RunCallbacks.find(self.run_callbacks)
+
     def periodic_checkpoint(self) -> PeriodicCheckpoint | None:
-        return next((cb for cb in self.trainer.callbacks if isinstance(cb, PeriodicCheckpoint)), None)
+        return self.callbacks.checkpoint
 
     def preemption(self) -> Preemption:
-        return next(cb for cb in self.trainer.callbacks if isinstance(cb, Preemption))
+        return self.callbacks.preemption
 
     def tracking(self) -> TrackingBuffer:
-        return next(cb for cb in self.trainer.callbacks if isinstance(cb, TrackingBuffer))
+        return self.callbacks.tracking
 
     def wire(self) -> None:
-        """Hands each object its collaborators (docs/architecture.md): the stream to the agent and the
-        callbacks, the agent (its policy, its counters) to the stream and the callbacks."""
-        agent, data = self.agent, self.data
-        agent.attach_stream(data)
-        data.attach_agent(agent)
-        preemption, tracking, checkpoint = self.preemption(), self.tracking(), self.periodic_checkpoint()
-        stops = preemption.stops
-        agent.attach_stops(stops)
-        tracking.attach(self.trainer.logger, stops)
-        if self.trainer.logger is not None:
-            agent.attach_metric_sink(tracking)
-        preemption.attach(data, agent, checkpoint, requeue_signal=self.requeue_signal)
-        if checkpoint is not None:
-            checkpoint.attach(data, agent, stops)
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, FrameProgressBar):
-                callback.attach(data, agent, tracking)
+        """Hands each object its collaborators (``hwm.cli.wiring``)."""
+        wire(self.agent, self.data, self.trainer.logger, self.callbacks, self.requeue_signal)
 
 
 def _requeue_signal(plugins: list[Any]) -> signal.Signals | None:
@@ -170,6 +172,28 @@ def _requeue_signal(plugins: list[Any]) -> signal.Signals | None:
     if slurm is None or not slurm.auto_requeue or slurm.requeue_signal is None:
         return None
     return signal.Signals(slurm.requeue_signal)
+
+
+def share_seed(config: Namespace) -> None:
+    """``data.seed`` left unset takes the run's ``seed_everything``: one seed for the networks and the envs
+    (``--seed_everything 3`` alone changes both, as the run's name says); a ``data.seed`` given stays."""
+    if config.get("data.seed") is None:
+        seed = config.get("seed_everything")
+        config["data.seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
+
+def prepare_tracking(config: Namespace) -> None:
+    """Creates a new run's MLflow store and experiment (``hwm.experiments.store``): runs started together in a
+    fresh folder would otherwise both migrate one new database, and one would die."""
+    logger = config.get("trainer.logger")
+    if not isinstance(logger, Namespace) or not str(logger.get("class_path", "")).endswith("MLFlowLogger"):
+        return
+    if logger.get("init_args.run_id"):
+        return  # a resume: its store and experiment exist (it checks them itself)
+    prepare_store(
+        str(logger.get("init_args.tracking_uri") or DEFAULT_URI),
+        str(logger.get("init_args.experiment_name") or DEFAULT_EXPERIMENT),
+    )
 
 
 def name_run(config: Namespace) -> None:
@@ -184,7 +208,9 @@ def name_run(config: Namespace) -> None:
     )
 
 
-FIT_USAGE = "hwm fit --config FILE [--config FILE ...] [--section.key VALUE ...] [--ckpt_path PATH|last]"
+FIT_USAGE = (
+    "hwm fit --config FILE [--config FILE ...] [--section.key VALUE ...] [--ckpt_path PATH|last] [--verbose]"
+)
 SEED_LOG = "lightning.fabric.utilities.seed"
 RANK_ZERO_LOG = "lightning.pytorch.utilities.rank_zero"
 # TorchRL announces every storage it allocates on stdout; keep stdout for results.
@@ -248,14 +274,16 @@ def build_cli(args: Sequence[str], cli_class: type[HwmCLI] = HwmCLI) -> HwmCLI:
                     # argparse's usage would list all ~80 options before the first explanation.
                     "usage": FIT_USAGE,
                     "description": "Train a HarmonyDream agent. Every option is a class's keyword argument: "
-                    "hwm's own (model.*, data.*, progress_bar.*, checkpoint.*) first, Lightning's Trainer last.",
+                    "hwm's own (model.*, data.*, progress_bar.*, checkpoint.*) first, Lightning's Trainer last. "
+                    "--verbose (-v) also shows what Lightning, MLflow and the simulators print while the run "
+                    "starts.",
                 },
                 auto_configure_optimizers=False,
             )
     except SystemExit:
         raise
     except (ArgumentError, KeyError) as exc:  # jsonargparse: unknown keys, wrong types, missing files
-        raise ConfigError(explain_parse_error(exc)) from exc
+        raise ConfigError(explain_config_error(exc, args)) from exc
     except (ValueError, FileNotFoundError, MisconfigurationException) as exc:
         raise ConfigError(one_line(exc)) from exc
     cli.wire()

@@ -40,9 +40,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"hwm: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    try:
+        return _run(command, rest)
+    except KeyboardInterrupt:
+        from hwm.training.stop import EXIT_INTERRUPTED
+
+        # A Ctrl-C before a run's own handling is in place (importing, parsing, building the envs): nothing
+        # was trained, so nothing is lost; one line instead of the traceback of wherever it landed.
+        what = " before training started; nothing to save" if command == "fit" else ""
+        print(f"\nhwm {command}: interrupted{what}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(command: str, rest: list[str]) -> int:
     # Each command imports what it needs only: comparing runs needs no Lightning, no simulator.
     if command == "study":
-        from hwm.experiments.study import main as study_main
+        from hwm.experiments.study_run import main as study_main
 
         return study_main(rest)
     if command == "compare":
@@ -57,14 +70,20 @@ def fit(args: list[str]) -> int:
     (docs/reliability.md)."""
     # Must be set before dm_control/mujoco pick a GL backend at import time; EGL works headless.
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from hwm.cli.quiet import pop_verbose, quiet_start
+
+    args, verbose = pop_verbose(args)
+    if not verbose:
+        quiet_start()
     if not {"-h", "--help"} & set(args):
-        from hwm.cli.preflight import PreflightError, check_config_files, check_writable
+        from hwm.cli.preflight import PreflightError, check_accelerator, check_config_files, check_writable
         from hwm.experiments.tracking import DEFAULT_URI
 
         # Before Lightning is imported: a bad file or an unwritable store is one line in a fraction of a second.
         try:
             check_config_files(args)
             check_writable(args, DEFAULT_URI)
+            check_accelerator(args)
         except PreflightError as exc:
             print(f"hwm fit: error: {exc}", file=sys.stderr)
             return 2
@@ -72,7 +91,7 @@ def fit(args: list[str]) -> int:
     # retries on its own (without holding up training), so each call may fail fast.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    from hwm.cli.offline import fit_offline, wants_offline
+    from hwm.cli.offline import wants_offline
 
     if wants_offline(args):  # a world model alone, from a saved dataset (--data.dataset)
         return fit_offline(args)
@@ -80,9 +99,9 @@ def fit(args: list[str]) -> int:
     from hwm.checkpoints.lock import RunFolderLocked
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
-    from hwm.cli.prescan import flag_value
-    from hwm.cli.resume import build_or_resume
+    from hwm.cli.resume import NothingToTrain, build_or_resume
     from hwm.cli.summary import budget_notice
+    from hwm.config.prescan import flag_value
     from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
     try:
@@ -100,9 +119,13 @@ def fit(args: list[str]) -> int:
     except (ConfigError, CheckpointError, RunFolderLocked) as exc:
         print(f"hwm fit: error: {exc}", file=sys.stderr)
         return 2
+    except NothingToTrain as exc:
+        print(exc, file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
-        print("\nhwm: interrupted before training started; nothing to save", file=sys.stderr)
+        print("\nhwm fit: interrupted before training started; nothing to save", file=sys.stderr)
         return EXIT_INTERRUPTED
+    status = EXIT_INTERRUPTED
     try:
         size_threads(cli.trainer)
         from hwm.cli.stopping import train
@@ -110,7 +133,53 @@ def fit(args: list[str]) -> int:
         status = train(cli, resume)
         # Not after a tracking outage (the summary reads the server) or a stop at once (no waiting).
         if cli.trainer.is_global_zero and status in (0, EXIT_PREEMPTED):
-            print_summary(cli, run_id)
+            print_summary(cli, run_id, stopped=status == EXIT_PREEMPTED)
+        return status
+    except KeyboardInterrupt:
+        # A Ctrl-C after the run has ended and said how (its summary cut short): the status stands.
+        print(f"\nhwm: interrupted; exit status {status}", file=sys.stderr)
+        return status
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def fit_offline(args: list[str]) -> int:
+    """`hwm fit --data.dataset`: a world model from a dataset (``hwm.cli.offline``): build (or resume),
+    record, train, sum up."""
+    from hwm.checkpoints.io import CheckpointError
+    from hwm.checkpoints.lock import RunFolderLocked
+    from hwm.checkpoints.validate import describe
+    from hwm.cli.errors import ConfigError
+    from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
+    from hwm.cli.offline import build_or_resume, summary_lines
+    from hwm.cli.stopping import train
+    from hwm.data.offline import OfflineDataModule
+    from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
+
+    try:
+        with held_logs(SEED_LOG, RANK_ZERO_LOG):
+            cli, resume = build_or_resume(args)
+        if resume is not None:
+            counters = resume.checkpoint.get(OfflineDataModule.__qualname__, {}).get("counters", {})
+            print(
+                f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path} "
+                f"({int(counters.get('updates', 0))} updates)"
+                + (f"; overrides applied: {describe(resume.applied)}" if resume.applied else ""),
+                file=sys.stderr,
+            )
+        lock, run_id = start_run(cli, resume)
+    except (ConfigError, CheckpointError, RunFolderLocked) as exc:
+        print(f"hwm fit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nhwm: interrupted before training started; nothing to save", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        size_threads(cli.trainer)
+        status = train(cli, resume)
+        if status in (0, EXIT_PREEMPTED):
+            print("\n".join(summary_lines(cli, run_id)), file=sys.stderr)
         return status
     finally:
         if lock is not None:
@@ -124,7 +193,7 @@ def announce(cli: HwmCLI, resume: Resume, picked_last: bool) -> None:
     if resume.requeued_job is not None:
         print(f"hwm: SLURM job {resume.requeued_job} was requeued: continuing its run", file=sys.stderr)
     frames = resume.env_frames
-    why = " (--ckpt_path last: the newest run under the checkpoint folder)" if picked_last else ""
+    why = " (--ckpt_path last: the newest run of this task and experiment)" if picked_last else ""
     print(
         f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path}{why} "
         f"({resume.meta['updates']} updates, {frames} env frames)"
@@ -137,19 +206,13 @@ def announce(cli: HwmCLI, resume: Resume, picked_last: bool) -> None:
             "(file -> checkpoint); pass --key value to change one",
             file=sys.stderr,
         )
-    if frames >= cli.data.total_frames:
-        print(
-            f"hwm: the checkpoint has spent the frame budget ({frames} >= data.total_frames "
-            f"{cli.data.total_frames}): nothing to train; pass a larger --data.total_frames",
-            file=sys.stderr,
-        )
 
 
-def print_summary(cli: HwmCLI, run_id: str | None) -> None:
+def print_summary(cli: HwmCLI, run_id: str | None, stopped: bool = False) -> None:
     """The end-of-run block: which run, how it did, where its checkpoint is, what to type next."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from hwm.cli.summary import summarize_run
+    from hwm.cli.summary import Evaluations, summarize_run
 
     logger = cli.trainer.logger
     checkpoint = cli.periodic_checkpoint()
@@ -161,6 +224,8 @@ def print_summary(cli: HwmCLI, run_id: str | None) -> None:
         frames=int(cli.data.counters.get("env_frames", 0)),
         updates=cli.agent.updates,
         run_dir=checkpoint.run_dir if checkpoint is not None else None,
+        stopped=stopped,
+        evaluations=Evaluations(cli.data.evaluator.episodes, cli.data.evaluator.every),
     )
     print("\n".join(summary.lines()), file=sys.stderr)
 
@@ -168,9 +233,13 @@ def print_summary(cli: HwmCLI, run_id: str | None) -> None:
 def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str | None]:
     """Takes the run folder's lock, records the run in MLflow (rank 0) and points the checkpoints at the
     run's folder; returns the lock (held until the process ends or releases it) and the MLflow run's id."""
+    import yaml
+
     from hwm.checkpoints.lock import RunLock
     from hwm.checkpoints.preemption import slurm_job_id
     from hwm.cli.run_log import ResumeRecord, log_run
+    from hwm.cli.run_match import run_identity
+    from hwm.cli.wiring import wire_run_folder
 
     lock = None
     if resume is not None and cli.trainer.is_global_zero:
@@ -201,7 +270,9 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str |
         "kind": cli.run_kind,
         "config": config,
     }
-    checkpoint.start_run(run_dir, info)
+    # Each checkpoint's sidecar names its run's task and experiment: what `--ckpt_path last` matches.
+    info |= run_identity(yaml.safe_load(config))
+    wire_run_folder(cli.callbacks, run_dir, info)
     return lock, run_id
 
 

@@ -4,17 +4,16 @@ with held-out episodes scored as it learns; resumable like any run (``--ckpt_pat
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ArgumentParser, Namespace
-from lightning.pytorch.cli import LightningCLI
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
 
-from hwm.checkpoints.io import HWM_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
+from hwm.checkpoints.io import HWM_KEY, CheckpointError, read_checkpoint
 from hwm.checkpoints.preemption import slurm_job_id
 from hwm.checkpoints.validate import (
     IGNORED_KEYS,
@@ -26,9 +25,10 @@ from hwm.checkpoints.validate import (
     split_changes,
 )
 from hwm.cli.errors import ConfigError
-from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, HwmCLI, build_cli, held_logs
-from hwm.cli.prescan import PrescanError, flag_value, last_value, pop_flag, split_config_files
+from hwm.cli.fit import HwmCLI, build_cli
 from hwm.cli.resume import RUN_ID_KEY, Resume
+from hwm.cli.wiring import wire_offline, wire_resume
+from hwm.config.prescan import PrescanError, flag_value, last_value, pop_flag, split_config_files
 from hwm.data.offline import OfflineDataModule
 from hwm.experiments.tracking import default_run_name
 from hwm.learner import WorldModelLearner
@@ -57,7 +57,7 @@ class OfflineCLI(HwmCLI):
     progress_bar_class = UpdateProgressBar
     run_kind = KIND
 
-    def parse_arguments(self, parser: ArgumentParser, args: Any) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if isinstance(args, (list, tuple)):
             base = last_value(args, "model.base", "dreamerv2")
             preset = presets.defaults(base, last_value(args, "model.size"))
@@ -98,21 +98,8 @@ class OfflineCLI(HwmCLI):
         }
 
     def wire(self) -> None:
-        learner, data = self.learner, self.dataset
-        learner.attach_stream(data)
-        data.attach_scorer(learner)
-        preemption, tracking, checkpoint = self.preemption(), self.tracking(), self.periodic_checkpoint()
-        learner.attach_stops(preemption.stops)
-        tracking.attach(self.trainer.logger, preemption.stops)
-        if self.trainer.logger is not None:
-            learner.attach_metric_sink(tracking)
-        preemption.attach(data, learner, checkpoint, requeue_signal=self.requeue_signal)
-        if checkpoint is not None:
-            checkpoint.attach(data, learner, preemption.stops)
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, UpdateProgressBar):
-                callback.attach(data, learner, tracking)
-                callback.set_budget(data.total_updates)
+        """Hands each object its collaborators (``hwm.cli.wiring``)."""
+        wire_offline(self.learner, self.dataset, self.trainer.logger, self.callbacks, self.requeue_signal)
 
 
 def _checkpoint_kind(path: Path) -> str | None:
@@ -132,10 +119,13 @@ def wants_offline(args: list[str]) -> bool:
     ckpt = flag_value(args, "--ckpt_path")
     job = slurm_job_id()
     try:
-        path = resolve_ckpt_path(ckpt, root) if ckpt is not None else job and job_checkpoint(root, job)
+        if ckpt is not None:
+            path: Path | None = resolve_ckpt_path(ckpt, root)
+        else:
+            path = job_checkpoint(root, job) if job else None
     except CheckpointError:
         return False  # the agent's resume says what is wrong with it
-    return bool(path) and _checkpoint_kind(Path(path)) == KIND
+    return path is not None and _checkpoint_kind(path) == KIND
 
 
 def build_or_resume(args: list[str]) -> tuple[OfflineCLI, Resume | None]:
@@ -174,10 +164,8 @@ def build_or_resume(args: list[str]) -> tuple[OfflineCLI, Resume | None]:
         )
     check_state_dict(checkpoint, cli.learner)
     resume = Resume(path, checkpoint, applied, requeued_job=job if requeued is not None else None)
-    _skip_logged(cli, meta["run_id"])
-    io = cli.trainer.strategy.checkpoint_io
-    if isinstance(io, AtomicCheckpointIO):
-        io.preload(path, checkpoint)
+    logged = _logged_updates(cli, meta["run_id"])
+    wire_resume(cli.learner, cli.callbacks, cli.trainer.strategy.checkpoint_io, path, checkpoint, logged)
     return cli, resume
 
 
@@ -187,10 +175,11 @@ def _build(args: list[str]) -> OfflineCLI:
     return cli
 
 
-def _skip_logged(cli: OfflineCLI, run_id: str | None) -> None:
-    """Updates the interrupted process logged after its checkpoint are not logged a second time."""
+def _logged_updates(cli: OfflineCLI, run_id: str | None) -> int | None:
+    """The last update the checkpoint's MLflow run has (None: no store): the interrupted process may have
+    logged past its checkpoint, and those updates are not logged a second time."""
     if run_id is None or not isinstance(cli.trainer.logger, MLFlowLogger):
-        return
+        return None
     import mlflow
 
     tracking_uri = cli.config.get("trainer.logger.init_args.tracking_uri")
@@ -202,44 +191,7 @@ def _skip_logged(cli: OfflineCLI, run_id: str | None) -> None:
             f"the checkpoint's MLflow run {run_id} is not in the tracking store {tracking_uri!r} "
             "(pass the store it was logged to as --trainer.logger.init_args.tracking_uri)"
         ) from exc
-    logged = max((m.step for m in client.get_metric_history(run_id, PROGRESS_METRIC)), default=-1)
-    cli.learner.resume_logging_after(logged)
-    cli.tracking().skip_until(logged)
-
-
-def fit_offline(args: list[str]) -> int:
-    """`hwm fit` of a world model from a dataset: build (or resume), record, train, sum up."""
-    from hwm.checkpoints.lock import RunFolderLocked
-    from hwm.cli.main import start_run
-    from hwm.cli.stopping import train
-    from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
-
-    try:
-        with held_logs(SEED_LOG, RANK_ZERO_LOG):
-            cli, resume = build_or_resume(args)
-        if resume is not None:
-            counters = resume.checkpoint.get(OfflineDataModule.__qualname__, {}).get("counters", {})
-            print(
-                f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path} "
-                f"({int(counters.get('updates', 0))} updates)"
-                + (f"; overrides applied: {describe(resume.applied)}" if resume.applied else ""),
-                file=sys.stderr,
-            )
-        lock, run_id = start_run(cli, resume)
-    except (ConfigError, CheckpointError, RunFolderLocked) as exc:
-        print(f"hwm fit: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nhwm: interrupted before training started; nothing to save", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    try:
-        status = train(cli, resume)
-        if status in (0, EXIT_PREEMPTED):
-            print("\n".join(summary_lines(cli, run_id)), file=sys.stderr)
-        return status
-    finally:
-        if lock is not None:
-            lock.release()
+    return max((m.step for m in client.get_metric_history(run_id, PROGRESS_METRIC)), default=-1)
 
 
 def summary_lines(cli: OfflineCLI, run_id: str | None) -> list[str]:

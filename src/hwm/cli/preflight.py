@@ -1,5 +1,6 @@
 """Checks of `hwm fit`'s input that need neither Lightning nor MLflow, so that they fail in a fraction of a
-second with one line: config files that are not YAML mappings, and a run that could not write its record.
+second with one line: config files that are not YAML mappings, a run that could not write its record, and
+(importing torch alone) a GPU asked for where there is none.
 
 Without them a malformed file surfaces from deep inside jsonargparse, and a read-only working directory
 keeps MLflow retrying its sqlite store for minutes before the parser reports a union-type error.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from hwm.cli.prescan import config_paths, last_value
+from hwm.config.prescan import config_paths, last_value
 from hwm.experiments.tracking import sqlite_path
 
 
@@ -88,3 +89,23 @@ def check_writable(args: Sequence[str], default_uri: str, default_checkpoints: s
             f"cannot write checkpoints under {str(checkpoints.absolute())!r}: run from a writable folder or "
             "pass --checkpoint.dirpath /writable/folder"
         )
+
+
+def check_accelerator(args: Sequence[str]) -> None:
+    """``--trainer.accelerator gpu`` where torch sees no GPU: one line with the way out, before Lightning is
+    imported (its own message comes after the whole start, with no hint)."""
+    accelerator = str(last_value(args, "trainer.accelerator", "")).lower()
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if torch.version.cuda is None:
+        why = f"torch {torch.__version__} is a CPU-only build"
+    else:
+        why = f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device"
+    raise PreflightError(
+        f"--trainer.accelerator {accelerator}: {why}; train on the CPU with --trainer.accelerator cpu, or "
+        "--trainer.accelerator auto (a GPU where there is one)"
+    )

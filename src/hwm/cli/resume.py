@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
-from hwm.checkpoints.io import HWM_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
+from hwm.checkpoints.class_paths import upgrade_class_paths
+from hwm.checkpoints.io import HWM_KEY, CheckpointError, read_checkpoint
 from hwm.checkpoints.preemption import slurm_job_id
 from hwm.checkpoints.replay_archive import ReplayArchive
 from hwm.checkpoints.validate import (
@@ -27,11 +28,20 @@ from hwm.checkpoints.validate import (
 )
 from hwm.cli.errors import ConfigError
 from hwm.cli.fit import HwmCLI, build_cli
-from hwm.cli.prescan import PrescanError, config_paths, flag_value, pop_flag, read_config, split_config_files
-from hwm.cli.run_match import OtherRunError, check_same_run, same_value
+from hwm.cli.numbers import whole_numbers
+from hwm.cli.run_match import OtherRunError, check_same_run, newest_run_like, same_value
+from hwm.cli.wiring import wire_resume
+from hwm.config.prescan import (
+    PrescanError,
+    config_paths,
+    flag_value,
+    pop_flag,
+    read_config,
+    split_config_files,
+)
 from hwm.data.datamodule import ReplayDataModule
 from hwm.data.offline import OfflineDataModule
-from hwm.experiments.tracking import upgrade_class_paths
+from hwm.training.tracking_buffer import TrackingBuffer
 
 RUN_ID_KEY = "--trainer.logger.init_args.run_id"
 
@@ -106,15 +116,23 @@ def build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
     requeued = job_checkpoint(root, job) if ckpt_arg is None and job is not None else None
     if ckpt_arg is None and requeued is None:
         return build_cli(args), None
-    # A requeued SLURM job runs its script again: it continues its own run (``--ckpt_path last`` of it).
-    path = requeued if requeued is not None else resolve_ckpt_path(str(ckpt_arg), root)
-    checkpoint = load_for_resume(path)
-    saved = {k: v for k, v in yaml.safe_load(checkpoint[HWM_KEY]["config"]).items() if k not in IGNORED_KEYS}
     try:
+        # A requeued SLURM job runs its script again: it continues its own run (``--ckpt_path last`` of it).
+        if requeued is not None:
+            path = requeued
+        elif ckpt_arg == "last":
+            path = newest_run_like(args, root)
+        else:
+            path = resolve_ckpt_path(str(ckpt_arg), root)
+        checkpoint = load_for_resume(path)
+        saved = {
+            k: v for k, v in yaml.safe_load(checkpoint[HWM_KEY]["config"]).items() if k not in IGNORED_KEYS
+        }
         check_same_run(args, saved, path, picked_as_last=ckpt_arg == "last")
     except OtherRunError as exc:
         raise ConfigError(str(exc)) from exc
     files, overrides = split_config_files(args)
+    check_budget_left(checkpoint, saved, overrides)
     run_id = checkpoint[HWM_KEY]["run_id"]
     if run_id is not None and flag_value(overrides, RUN_ID_KEY) is None:
         # The logger then appends to the checkpoint's MLflow run instead of creating one.
@@ -131,6 +149,31 @@ def build_or_resume(args: list[str]) -> tuple[HwmCLI, Resume | None]:
     return cli, resume
 
 
+class NothingToTrain(Exception):
+    """The checkpoint has spent the run's frame budget: said in one line before anything is built."""
+
+
+def check_budget_left(checkpoint: dict[str, Any], saved: dict[str, Any], overrides: list[str]) -> None:
+    """Raises NothingToTrain when the budget (a ``--data.total_frames`` given now, else the checkpoint's) is
+    spent: answered at once instead of after building the whole run. Not when the checkpoint holds metrics
+    the tracking server never got: resuming the run is how they are sent (docs/reliability.md)."""
+    unsent = checkpoint.get("callbacks", {}).get(TrackingBuffer.__qualname__, {}).get("unsent")
+    if unsent or checkpoint.get("unlogged_metrics", {}).get("metrics"):
+        return
+    state = datamodule_state(checkpoint)
+    frames = int(state["counters"]["env_frames"]) if state is not None else 0
+    given = flag_value(whole_numbers(overrides), "--data.total_frames")
+    try:
+        budget = int(given) if given is not None else int(saved["data"]["total_frames"])
+    except (KeyError, TypeError, ValueError):
+        return  # the parser reports a bad value with its own words
+    if frames >= budget:
+        raise NothingToTrain(
+            f"hwm: the checkpoint has spent the frame budget ({frames} >= data.total_frames {budget}): "
+            "nothing to train; pass a larger --data.total_frames"
+        )
+
+
 def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:
     """Rejects overrides that would break the run and weights that don't fit; prepares the rest."""
     old = yaml.safe_load(checkpoint[HWM_KEY]["config"])
@@ -144,6 +187,7 @@ def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:
     check_state_dict(checkpoint, cli.agent)
     resume = Resume(path, checkpoint, applied)
     run_id = resume.meta["run_id"]
+    logged = None
     if run_id is not None and isinstance(cli.trainer.logger, MLFlowLogger):
         import mlflow
 
@@ -159,11 +203,7 @@ def check_resume(cli: HwmCLI, path: Path, checkpoint: dict[str, Any]) -> Resume:
         history = client.get_metric_history(run_id, "progress/env_frames")
         # Steps the interrupted process logged after this checkpoint are not logged a second time.
         logged = max((m.step for m in history), default=-1)
-        cli.agent.resume_logging_after(logged)
-        cli.tracking().skip_until(logged)
-    io = cli.trainer.strategy.checkpoint_io
-    if isinstance(io, AtomicCheckpointIO):
-        io.preload(path, checkpoint)
+    wire_resume(cli.agent, cli.callbacks, cli.trainer.strategy.checkpoint_io, path, checkpoint, logged)
     return resume
 
 

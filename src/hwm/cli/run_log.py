@@ -51,7 +51,9 @@ def log_run(
         client.log_text(run_id, config, "config.yaml")
         for key, value in {**tags, **source_tags(seed)}.items():
             client.set_tag(run_id, key, value)
-        client.set_experiment_tag(logger.experiment_id, *EXPERIMENT_KIND_TAG)
+        experiment = client.get_experiment(logger.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG[0]) != EXPERIMENT_KIND_TAG[1]:  # a study has set it
+            client.set_experiment_tag(logger.experiment_id, *EXPERIMENT_KIND_TAG)
     else:
         existing = client.get_run(run_id).data.params
         logger.log_hyperparams({k: v for k, v in flat.items() if k not in existing})

@@ -19,13 +19,22 @@ def train(cli: HwmCLI, resume: Resume | None) -> int:
     preemption = cli.preemption()
     try:
         return _fit(cli, resume)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit) as exc:
         # Lightning turns a KeyboardInterrupt during fit into sys.exit(1) after its own cleanup.
-        if not preemption.forced:
-            raise
-        last = _last_checkpoint(cli)
-        print(f"hwm: stopped at once (second Ctrl-C); last checkpoint: {last or 'none'}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        if preemption.forced and preemption.saved is not None:
+            # The second Ctrl-C came after the stop's checkpoint was written: only the shutdown was cut
+            # short (unsent metrics are in that checkpoint), so the run is as resumable as after one.
+            reason = StopReason(EXIT_PREEMPTED, "stopped by SIGINT; a second Ctrl-C cut the shutdown short")
+            return _report(cli, reason, preemption.saved)
+        if preemption.forced:
+            last = _last_checkpoint(cli)
+            print(f"hwm: stopped at once (second Ctrl-C); last checkpoint: {last or 'none'}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(exc, SystemExit) and cli.trainer.interrupted and preemption.received is None:
+            # A Ctrl-C while the run was being set up, before its signal handling was in place.
+            print("\nhwm fit: interrupted before training started; nothing to save", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        raise
     finally:
         # Kept until the run has reported: a late second Ctrl-C still means "stop at once", not a traceback.
         preemption.uninstall()
@@ -65,8 +74,10 @@ def _report(cli: HwmCLI, reason: StopReason, saved: Path | None) -> int:
         where = f"checkpoint {saved}; continue with: hwm fit --ckpt_path {saved.parent}"
     elif reason.checkpoint and last is None:
         where = "no checkpoint (checkpointing is off)"
+    elif last is None:
+        where = "last good checkpoint: none"
     else:
-        where = f"last good checkpoint: {last or 'none'}"
+        where = f"last good checkpoint: {last}; continue with: hwm fit --ckpt_path {last.parent}"
     print(f"hwm: {reason.message}; {where} (exit status {reason.status})", file=sys.stderr)
     logger = cli.trainer.logger
     if reason.status != EXIT_TRACKING and isinstance(logger, MLFlowLogger) and cli.trainer.is_global_zero:

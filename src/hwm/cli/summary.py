@@ -31,6 +31,23 @@ class Score:
 
 
 @dataclass(frozen=True)
+class Evaluations:
+    """How the run evaluates: episodes per evaluation and env frames between them (0: at the end only)."""
+
+    episodes: int
+    every: int
+
+    def none_yet(self, frames: int, stopped: bool) -> str:
+        """Why a run has no evaluation to show."""
+        if self.episodes == 0:
+            return "off (data.eval_episodes: 0)"
+        if stopped:
+            due = f"at {self.every} env frames" if self.every else "at the end of the run"
+            return f"none yet: the first is due {due} (data.eval_every); this run stopped at {frames}"
+        return "none ran"
+
+
+@dataclass(frozen=True)
 class RunSummary:
     run_id: str | None
     experiment: str | None
@@ -39,9 +56,13 @@ class RunSummary:
     updates: int
     scores: list[Score]
     checkpoint: Path | None
+    # Stopped early (a signal, one Ctrl-C) with a checkpoint: continued as it is, no new budget needed.
+    stopped: bool = False
+    evaluations: Evaluations | None = None
 
     def lines(self) -> list[str]:
-        out = [f"hwm: run finished: {self.frames} env frames, {self.updates} updates"]
+        ended = "stopped" if self.stopped else "finished"
+        out = [f"hwm: run {ended}: {self.frames} env frames, {self.updates} updates"]
         if self.run_id is not None:
             out.append(
                 f"  MLflow run   {self.run_id} in experiment {self.experiment!r} ({self.tracking_uri})"
@@ -52,13 +73,18 @@ class RunSummary:
                 f"({score.evaluations} evaluation{'s' * (score.evaluations != 1)})"
             )
         if not self.scores:
-            out.append("  evaluation   none ran (data.eval_every / data.eval_episodes)")
+            why = self.evaluations.none_yet(self.frames, self.stopped) if self.evaluations else "none ran"
+            out.append(f"  evaluation   {why}")
         if self.checkpoint is not None:
             out.append(f"  checkpoint   {self.checkpoint}")
-            # The run folder holds the whole config: no --config needed to continue it.
-            resume = ["hwm", "fit", "--ckpt_path", str(self.checkpoint.parent), "--data.total_frames", "N"]
+            # The run folder holds the whole config: no --config needed to continue it. A finished run
+            # has spent its budget and needs a larger one; a stopped one continues to its own.
+            resume = ["hwm", "fit", "--ckpt_path", str(self.checkpoint.parent)]
+            if not self.stopped:
+                resume += ["--data.total_frames", "N"]
             out.append(f"  continue     {shlex.join(resume)}")
-        if self.experiment is not None:
+        # `hwm compare` compares evaluation scores: without one this run is not in its table yet.
+        if self.experiment is not None and self.scores:
             compare = ["hwm", "compare", "--experiment", self.experiment]
             if self.tracking_uri:
                 compare += ["--tracking-uri", self.tracking_uri]
@@ -68,7 +94,7 @@ class RunSummary:
 
 def read_scores(client: Any, run_id: str) -> list[Score]:
     """Final and best value of each score the run logged; [] when the store can't be read."""
-    out = []
+    out: list[Score] = []
     for metric in SCORES:
         try:
             history = client.get_metric_history(run_id, metric)
@@ -89,9 +115,13 @@ def summarize_run(
     frames: int,
     updates: int,
     run_dir: Path | None,
+    stopped: bool = False,
+    evaluations: Evaluations | None = None,
 ) -> RunSummary:
     checkpoint = None
     if run_dir is not None and (run_dir / "last.ckpt").exists():
         checkpoint = run_dir / "last.ckpt"
     scores = read_scores(client, run_id) if client is not None and run_id is not None else []
-    return RunSummary(run_id, experiment, tracking_uri, frames, updates, scores, checkpoint)
+    return RunSummary(
+        run_id, experiment, tracking_uri, frames, updates, scores, checkpoint, stopped, evaluations
+    )

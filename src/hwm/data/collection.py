@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.envs import EnvBase, ParallelEnv, RewardSum, SerialEnv, Transform
+from torchrl.envs import EnvBase, RewardSum, Transform
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from hwm.checkpoints.io import CheckpointError
+from hwm.data.workers import batched_env, close_env
 from hwm.envs.common import SUCCESS_KEY, EnvInfo, EpisodeRng
 from hwm.envs.suites import EnvConfig
 from hwm.models.policy import DreamerPolicy
@@ -79,9 +80,7 @@ class Collection:
         if num_envs == 1:
             return self.make_env(seed)
         factories = [functools.partial(self.env_factory, seed + i) for i in range(num_envs)]
-        if parallel:
-            return ParallelEnv(num_envs, factories, mp_start_method="spawn")
-        return SerialEnv(num_envs, factories)
+        return batched_env(factories, parallel=parallel)
 
     def make_env(self, seed: int) -> EnvBase:
         """An env of the run with the policy's latent primed and the episode's return summed."""
@@ -187,8 +186,7 @@ class Collection:
         return int(state["in_flight_steps"])
 
     def close(self) -> None:
-        if not self.env.is_closed:
-            self.env.close()
+        close_env(self.env)
 
 
 def _training_env(env_config: EnvConfig, primer: Transform, seed: int) -> EnvBase:
@@ -265,4 +263,4 @@ def transitions_to_rows(data: TensorDictBase, obs_key: str) -> TensorDict:
     order = torch.empty(n + m, dtype=torch.long)
     order[step_pos] = torch.arange(n)
     order[step_pos[init] - 1] = n + torch.arange(m)
-    return torch.cat([steps, resets])[order]  # type: ignore[return-value]
+    return torch.cat([steps, resets])[order]

@@ -18,13 +18,14 @@ from hwm.data.collection import Collection, TrainRatio, prefill_share, transitio
 from hwm.data.evaluation import Evaluator
 from hwm.data.loader import stream_loader, to_device
 from hwm.data.replay import SequenceReplay
+from hwm.data.settings import check_settings
 from hwm.envs.common import EnvInfo
 from hwm.envs.suites import EnvConfig
 from hwm.models.policy import DreamerPolicy
 from hwm.training.distributed import gather_objects
 from hwm.training.media import EvalEpisode
 from hwm.training.rng import rng_states, set_rng_states
-from hwm.training.stream import PolicySource
+from hwm.training.stream import PolicySource, unwired
 from hwm.training.timing import Stopwatch
 
 
@@ -62,7 +63,8 @@ class ReplayDataModule(L.LightningDataModule):
         video_every: env frames between evaluations whose first episode is recorded (pixels only; the
             agent logs it and an open-loop imagination video as GIF artifacts); 0: no videos.
         seed: seeds the training envs (env ``i`` of process ``r``: ``seed + 10007 r + i``); evaluation
-            episode ``j`` uses ``seed + 1000 + training episodes so far + j``.
+            episode ``j`` uses ``seed + 1000 + training episodes so far + j``. Unset (null), ``hwm fit``
+            takes the run's ``seed_everything``: one seed drives the networks and the envs.
         num_envs: training envs per process, stepped together and acted for with one batched policy call;
             every env's frames count towards ``total_frames`` and the train ratio (docs/scale.md).
         parallel_envs: several envs run in worker processes (TorchRL ``ParallelEnv``); False steps them
@@ -95,48 +97,53 @@ class ReplayDataModule(L.LightningDataModule):
         eval_episodes: int = 5,
         fast_render: bool = True,
         video_every: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         num_envs: int = 1,
         parallel_envs: bool = True,
         eval_envs: int = 1,
         env_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        positive = {"total_frames": total_frames, "batch_size": batch_size, "seq_len": seq_len,
-                    "num_envs": num_envs, "eval_envs": eval_envs}  # fmt: skip
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"data.{name} must be >= 1; got {value}")
-        if train_ratio <= 0:
-            raise ValueError(f"data.train_ratio must be > 0; got {train_ratio}")
-        if not cross_episodes and time_limit // action_repeat + 1 < seq_len:
-            raise ValueError(
-                f"data.seq_len ({seq_len}) is longer than an episode ({time_limit} frames / action_repeat "
-                f"{action_repeat} = {time_limit // action_repeat} steps, plus the reset observation): no "
-                "sequence could ever be sampled (data.cross_episodes: true lets windows span episodes)"
-            )
-        if from_pixels and image_size != 64:
-            raise ValueError(
-                f"data.image_size must be 64 for pixels (the DreamerV2 CNN's input); got {image_size}"
-            )
-        if min(prefill_frames, pretrain, eval_every, eval_episodes, video_every) < 0:
-            raise ValueError(
-                "data.prefill_frames, data.pretrain, data.eval_every, data.eval_episodes and data.video_every "
-                "must be >= 0"
-            )
+        check_settings(
+            total_frames=total_frames,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            num_envs=num_envs,
+            eval_envs=eval_envs,
+            train_ratio=train_ratio,
+            cross_episodes=cross_episodes,
+            time_limit=time_limit,
+            action_repeat=action_repeat,
+            from_pixels=from_pixels,
+            image_size=image_size,
+            non_negative={
+                "prefill_frames": prefill_frames,
+                "pretrain": pretrain,
+                "eval_every": eval_every,
+                "eval_episodes": eval_episodes,
+                "video_every": video_every,
+            },
+        )
         common = (suite, task, from_pixels, image_size, action_repeat, time_limit, fast_render)
         self.env_config = EnvConfig(*common, dict(env_options or {}))
         self.action_repeat = action_repeat
         self.total_frames, self.prefill_frames, self.pretrain = total_frames, prefill_frames, pretrain
         self.train_ratio, self.batch_size, self.seq_len = train_ratio, batch_size, seq_len
+        seed = 0 if seed is None else seed
         self.seed, self.num_envs, self.parallel_envs = seed, num_envs, parallel_envs
         # Probing the env here (not in setup) validates the task early and lets the CLI hand its facts to
         # the agent's constructor.
         self.env_info: EnvInfo = self.env_config.probe(seed)
         self.evaluator = Evaluator(
-            self.env_config, self.env_info, episodes=eval_episodes, every=eval_every,
-            video_every=video_every, seed=seed, envs=eval_envs, parallel=parallel_envs,
-        )  # fmt: skip
+            self.env_config,
+            self.env_info,
+            episodes=eval_episodes,
+            every=eval_every,
+            video_every=video_every,
+            seed=seed,
+            envs=eval_envs,
+            parallel=parallel_envs,
+        )
         # dropped_steps: agent steps of episodes cut short by resuming a checkpoint written before env states
         # were saved (their steps stay in the replay); a resume now continues every episode.
         self.counters: dict[str, float] = dict.fromkeys(
@@ -146,10 +153,15 @@ class ReplayDataModule(L.LightningDataModule):
         self._media: list[EvalEpisode] = []
         self.collection: Collection | None = None
         self.replay = SequenceReplay(
-            capacity=capacity, batch_size=batch_size, seq_len=seq_len, cross_episodes=cross_episodes,
-            ongoing=ongoing, ends_priority=ends_priority, lanes=num_envs,
-        )  # fmt: skip
-        self._agent: PolicySource | None = None
+            capacity=capacity,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            cross_episodes=cross_episodes,
+            ongoing=ongoing,
+            ends_priority=ends_priority,
+            lanes=num_envs,
+        )
+        self._agent: PolicySource = unwired("ReplayDataModule", "the agent")
         self._resume_rng: dict[str, Any] | None = None
         # Under DDP each process owns an env, a collector and a replay shard; counters and budgets are global.
         self.rank, self.world_size = 0, 1
@@ -167,9 +179,8 @@ class ReplayDataModule(L.LightningDataModule):
         self.replay.directory = Path(path)
 
     def setup(self, stage: str) -> None:
-        if self._agent is None or self.collection is not None:
-            return
-        self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        trainer = self._trainer()
+        self.rank, self.world_size = trainer.global_rank, trainer.world_size
         if self.world_size > 1:
             # Identical weights come from DDP's broadcast; exploration and replay sampling must differ.
             L.seed_everything(self.seed + self.rank, verbose=False)
@@ -179,10 +190,28 @@ class ReplayDataModule(L.LightningDataModule):
     def attach_policy(self, policy: DreamerPolicy) -> None:
         """Builds the collection around the agent's recurrent policy (its latent rides in the tensordict)."""
         self.collection = Collection(
-            self.env_config, self.env_info, policy, seed=self.seed + 10_007 * self.rank,
-            steps_per_collect=self.steps_per_collect, num_envs=self.num_envs, parallel=self.parallel_envs,
+            self.env_config,
+            self.env_info,
+            policy,
+            seed=self.seed + 10_007 * self.rank,
+            steps_per_collect=self.steps_per_collect,
+            num_envs=self.num_envs,
+            parallel=self.parallel_envs,
             prefill_steps=prefill_share(self.prefill_frames, self.action_repeat, self.world_size),
-        )  # fmt: skip
+        )
+
+    def _trainer(self) -> L.Trainer:
+        if self.trainer is None:
+            raise RuntimeError("ReplayDataModule's Lightning hooks run under a trainer")
+        return self.trainer
+
+    def _collecting(self) -> Collection:
+        """The collection, built by ``setup`` (or ``attach_policy``) and closed by ``teardown``."""
+        if self.collection is None:
+            raise RuntimeError(
+                "ReplayDataModule collects between setup() (or attach_policy()) and teardown()"
+            )
+        return self.collection
 
     @property
     def steps_per_collect(self) -> int:
@@ -192,7 +221,7 @@ class ReplayDataModule(L.LightningDataModule):
         return math.ceil(steps / self.num_envs) * self.num_envs
 
     def train_dataloader(self) -> DataLoader:
-        return stream_loader(self.batches, pin_memory=self.trainer.strategy.root_device.type == "cuda")
+        return stream_loader(self.batches, pin_memory=self._trainer().strategy.root_device.type == "cuda")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, TensorDictBase):
@@ -206,7 +235,7 @@ class ReplayDataModule(L.LightningDataModule):
         return self.counters["credit"] < 1.0 or not self.replay.ready
 
     def batches(self) -> Iterator[TensorDictBase]:
-        assert self.collection is not None, "attach_policy() must run before batches()"
+        collection = self._collecting()
         self.stream_finished = False
         if self._resume_rng is not None:
             # Restored as late as possible: anything between loading and here may draw random numbers.
@@ -225,7 +254,7 @@ class ReplayDataModule(L.LightningDataModule):
         if self._evaluate_if_due():
             self._final_evaluation()
             return
-        collected = iter(self.collection)
+        collected = iter(collection)
         while True:
             with self.timer("collect"):
                 data = next(collected, None)
@@ -255,11 +284,10 @@ class ReplayDataModule(L.LightningDataModule):
             self.evaluate()
 
     def _ingest(self, data: TensorDictBase) -> None:
-        assert self.collection is not None
         # One env gives [steps], several [envs, steps]: each env's transitions go to its own replay lane.
         for lane, transitions in enumerate(data.reshape(-1, data.shape[-1]) if data.ndim > 1 else [data]):
             self.replay.add(transitions_to_rows(transitions, self.env_config.obs_key), lane)
-        collected = self.collection.ingest(data)
+        collected = self._collecting().ingest(data)
         # Global counts: every process collects the same number of steps per collect (from all its envs).
         self.counters["agent_steps"] += collected.steps * self.world_size
         self.counters["env_frames"] += collected.steps * self.action_repeat * self.world_size
@@ -277,11 +305,10 @@ class ReplayDataModule(L.LightningDataModule):
         if self.rank != 0:  # one process evaluates (and logs); the others move on to the next update
             self.evaluator.skip(frames)
             return float("nan")
-        assert self.collection is not None, "attach_policy() must run before evaluate()"
-        collection = self.collection
+        collection = self._collecting()
         with self.timer("evaluate"):
             metrics, recorded = self.evaluator.run(
-                collection.policy, collection.env_factory, frames, self.counters["episodes"]
+                collection.policy, collection.env_factory, frames, int(self.counters["episodes"])
             )
         self._pending.update(metrics)
         if recorded is not None:
@@ -314,18 +341,17 @@ class ReplayDataModule(L.LightningDataModule):
         return {**states[0], "ranks": states}
 
     def _own_state(self) -> dict[str, Any]:
-        assert self.collection is not None, "state_dict() is taken during training"
         return {
             "counters": dict(self.counters),
             **self.evaluator.state_dict(),
-            **self.collection.state_dict(),
+            **self._collecting().state_dict(),
             "rng": rng_states(),
             "replay": self.replay.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a checkpoint's stream; every env continues its episode where the checkpoint left it."""
-        assert self.collection is not None, "setup() builds the collection before a checkpoint is loaded"
+        collection = self._collecting()  # setup() builds it before Lightning restores a checkpoint
         ranks = len(state.get("ranks", [state]))
         if ranks != self.world_size:
             raise CheckpointError(
@@ -339,7 +365,7 @@ class ReplayDataModule(L.LightningDataModule):
         self.replay.load_state_dict(state["replay"])
         self.counters.update(state["counters"])
         self.evaluator.load_state_dict(state, self.counters["env_frames"])
-        self.counters["dropped_steps"] += self.collection.load_state_dict(state)
+        self.counters["dropped_steps"] += collection.load_state_dict(state)
         self.counters["resumes"] += 1
         self._resume_rng = state["rng"]
 

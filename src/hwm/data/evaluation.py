@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+from torchrl.envs import EnvBase
 from torchrl.envs.utils import set_exploration_type
 
+from hwm.data.workers import batched_env, close_env
+from hwm.envs import reward_factors
 from hwm.envs.common import SUCCESS_KEY, EnvInfo
 from hwm.envs.suites import EnvConfig
 from hwm.models.policy import DreamerPolicy
@@ -80,11 +82,13 @@ class Evaluator:
         seed = self.seed + 1000 + int(episodes_so_far)
         record = frames >= self.next_video
         returns, successes, recorded = [], [], None
+        explained: list[dict[str, float]] = []
         with set_exploration_type(policy.eval_exploration):
             for first in range(0, self.episodes, self.envs):
                 seeds = [seed + j for j in range(first, min(first + self.envs, self.episodes))]
                 for i, rollout in enumerate(self._episodes(policy, env_factory, seeds)):
                     returns.append(float(rollout.get(("next", "reward")).sum()))
+                    explained.append(self._explain(rollout))
                     if self.info.has_success:
                         successes.append(float(rollout.get(("next", SUCCESS_KEY))[-1].max()))
                     if record and first + i == 0:
@@ -96,11 +100,33 @@ class Evaluator:
             "eval/return_std": float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0,
             "time/eval_s": time.perf_counter() - start,
         }
+        for key in explained[0]:
+            metrics[key] = sum(e[key] for e in explained) / len(explained)
         if successes:
             metrics["eval/success_rate"] = sum(successes) / len(successes)
         if self.info.score_range is not None:
             metrics["eval/human_normalized_score"] = self.info.normalized(mean)
         return metrics, recorded
+
+    def _explain(self, rollout: TensorDictBase) -> dict[str, float]:
+        """What explains an episode's return: its mean |action| (continuous actions) and, where the env
+        reports them, the episode means of the reward's factors (``hwm.envs.reward_factors``)."""
+        out: dict[str, float] = {}
+        if not self.info.discrete:
+            out["eval/action_abs_mean"] = float(rollout.get("action").float().abs().mean())
+        factors = self._factors
+        if factors is not None and (("next", reward_factors.REWARD_FACTORS_KEY) in rollout.keys(True)):
+            means = rollout.get(("next", reward_factors.REWARD_FACTORS_KEY)).float().mean(0)
+            out.update(
+                {f"eval/reward_factor_{n}": float(v) for n, v in zip(factors.names, means, strict=True)}
+            )
+        return out
+
+    @functools.cached_property
+    def _factors(self) -> reward_factors.RewardFactors | None:
+        if self.env_config.suite not in ("dmc", "distracted_dmc"):
+            return None
+        return reward_factors.for_task(self.env_config.task)
 
     def _episodes(
         self, policy: DreamerPolicy, env_factory: Callable[[int], EnvBase], seeds: list[int]
@@ -122,7 +148,7 @@ class Evaluator:
             ended |= transition.get(("next", "done")).reshape(self.envs).cpu()
             if bool(ended[: len(seeds)].all()):
                 break
-        rollout = torch.stack(steps, dim=1)
+        rollout: TensorDictBase = torch.stack(steps, dim=1)
         done = rollout.get(("next", "done")).reshape(self.envs, -1)
         ends = [int(done[i].nonzero()[0]) + 1 if done[i].any() else done.shape[1] for i in range(len(seeds))]
         return [rollout[i, :end] for i, end in enumerate(ends)]
@@ -131,9 +157,7 @@ class Evaluator:
         if self.envs == 1:
             return env_factory(seed)
         factories = [functools.partial(env_factory, seed + i) for i in range(self.envs)]
-        if self.parallel:
-            return ParallelEnv(self.envs, factories, mp_start_method="spawn")
-        return SerialEnv(self.envs, factories)
+        return batched_env(factories, parallel=self.parallel)
 
     def _record(self, rollout: TensorDictBase, frames: float) -> EvalEpisode:
         while self.next_video <= frames:
@@ -163,5 +187,5 @@ class Evaluator:
 
     def close(self) -> None:
         if self._env is not None:
-            self._env.close()
+            close_env(self._env)
             self._env = None

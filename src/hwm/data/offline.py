@@ -24,7 +24,7 @@ from hwm.data.replay import SequenceReplay
 from hwm.envs.common import EnvInfo
 from hwm.models.world_model import IS_FIRST, REWARD_KEY
 from hwm.training.rng import rng_states, set_rng_states
-from hwm.training.stream import KL, OBS_ERROR, REWARD_ERROR, HeldOutScorer
+from hwm.training.stream import KL, OBS_ERROR, REWARD_ERROR, HeldOutScorer, unwired
 from hwm.training.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class OfflineDataModule(L.LightningDataModule):
         self.stream_finished = False
         self.timer = Stopwatch()
         self._pending: dict[str, float] = {}
-        self._scorer: HeldOutScorer | None = None
+        self._scorer: HeldOutScorer = unwired("OfflineDataModule", "the learner (its held-out scorer)")
         self._resume_rng: dict[str, Any] | None = None
 
     # -- wiring -------------------------------------------------------------------------------------------
@@ -144,7 +144,12 @@ class OfflineDataModule(L.LightningDataModule):
             raise ValueError("training from a dataset runs in one process (trainer.devices 1)")
 
     def train_dataloader(self) -> DataLoader:
-        return stream_loader(self.batches, pin_memory=self.trainer.strategy.root_device.type == "cuda")
+        return stream_loader(self.batches, pin_memory=self._trainer().strategy.root_device.type == "cuda")
+
+    def _trainer(self) -> L.Trainer:
+        if self.trainer is None:
+            raise RuntimeError("OfflineDataModule's Lightning hooks run under a trainer")
+        return self.trainer
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, TensorDictBase):
@@ -178,14 +183,13 @@ class OfflineDataModule(L.LightningDataModule):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Scores the world model on every held-out window; queues the metrics for the learner to log."""
-        assert self._scorer is not None, "attach_scorer() comes before training"
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         sums = {"reward": 0.0, "top": 0.0, "obs": 0.0, "kl": 0.0}
         steps = top_steps = 0
         with self.timer("evaluate"), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)  # the same posterior samples at every evaluation
             for start in range(0, len(self.heldout_windows), self.batch_size):
-                batch = torch.stack(self.heldout_windows[start : start + self.batch_size])
+                batch: TensorDictBase = torch.stack(self.heldout_windows[start : start + self.batch_size])
                 errors = self._scorer.heldout_errors(to_device(batch, device))
                 reward = batch.get(REWARD_KEY).reshape(errors[REWARD_ERROR].shape).to(device)
                 top = reward >= self.top_reward

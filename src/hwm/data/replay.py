@@ -4,7 +4,9 @@ Steps are stored in the order they happen, one row each: the observation o_t, th
 it, the reward r_t and the flags ``is_first`` (an episode's reset observation, stored with a zero action and
 reward), ``is_last`` and ``is_terminal``. A batch is ``batch_size`` windows of ``seq_len`` consecutive rows,
 drawn uniformly over all windows, so every stored step is equally likely and short episodes are not
-over-sampled; the first row of every window is marked ``is_first`` (the state before it is unknown).
+over-sampled; the first row of every window is marked ``is_first`` (the state before it is unknown). (The
+authors' DreamerV2 replay picks an episode first, then a window in it: the same distribution when every
+episode has the same length, as on every DreamerV2 suite here; docs/fidelity.md.)
 
 Two flavours, as the two bases' own replays:
 - DreamerV2 (``cross_episodes=False``): a window lies inside one episode; with ``ongoing=False`` only
@@ -29,7 +31,14 @@ from hwm.checkpoints.io import CheckpointError
 from hwm.checkpoints.replay_archive import ReplayArchive
 from hwm.models.world_model import IS_FIRST, IS_LAST
 
-__all__ = ["SequenceReplay", "SequenceSampler", "add_rows", "make_replay_buffer", "sample_sequences"]
+__all__ = [
+    "SequenceReplay",
+    "SequenceSampler",
+    "add_rows",
+    "make_replay_buffer",
+    "sample_sequences",
+    "start_windows",
+]
 
 
 class SequenceSampler(Sampler):
@@ -171,13 +180,19 @@ def sample_sequences(buffer: TensorDictReplayBuffer, batch_size: int, seq_len: i
     assert flat.shape[0] == batch_size * seq_len, (
         f"sampled {flat.shape[0]} steps, expected {batch_size * seq_len}"
     )
-    seq = flat.reshape(batch_size, seq_len)
+    sampler = buffer.sampler
+    inside = isinstance(sampler, SequenceSampler) and not sampler.cross_episodes
+    return start_windows(flat.reshape(batch_size, seq_len), inside_episodes=inside)
+
+
+def start_windows(seq: TensorDictBase, *, inside_episodes: bool) -> TensorDictBase:
+    """Marks the first row of every [B, T] window ``is_first`` (the state before it is unknown); with
+    ``inside_episodes`` checks that no window crosses into another episode."""
     is_first = seq.get(IS_FIRST).clone()
+    if inside_episodes:
+        assert not is_first[:, 1:].any(), "a replayed sequence crosses an episode boundary"
     is_first[:, 0] = True
     seq.set(IS_FIRST, is_first)
-    sampler = buffer.sampler
-    if isinstance(sampler, SequenceSampler) and not sampler.cross_episodes:
-        assert not is_first[:, 1:].any(), "a replayed sequence crosses an episode boundary"
     return seq
 
 
@@ -186,8 +201,9 @@ class SequenceReplay:
 
     With several envs per process (``lanes``) each env's rows go to a lane of their own (``capacity //
     lanes`` rows, a buffer, a sampler and chunk files each), so that a window never mixes two envs'
-    streams; a batch draws its windows uniformly over all lanes' windows together. One lane is the plain
-    buffer (same files, same draws as ever).
+    streams; a batch draws its windows over all lanes' windows together, each with its weight: a window
+    picks its lane in proportion to the lane's total window weight, then a window inside it. One lane is
+    the plain buffer (same files, same draws as ever).
     """
 
     def __init__(
@@ -243,19 +259,22 @@ class SequenceReplay:
     def sample(self) -> TensorDictBase:
         if len(self.buffers) == 1:
             return sample_sequences(self.buffers[0], self.batch_size, self.seq_len)
-        windows = torch.tensor([float(self._sampler(i).windows) for i in range(len(self.buffers))])
-        lanes = torch.multinomial(windows, self.batch_size, replacement=True)
+        lanes = torch.multinomial(self.lane_weights, self.batch_size, replacement=True)
         parts = []
         for lane, count in enumerate(torch.bincount(lanes, minlength=len(self.buffers)).tolist()):
             if count:
                 buffer = self.buffers[lane]
                 index, _ = self._sampler(lane).sample(buffer.storage, count * self.seq_len)
                 parts.append(buffer.storage.get(index))
-        seq = torch.cat(parts).reshape(self.batch_size, self.seq_len)
-        is_first = seq.get(IS_FIRST).clone()
-        is_first[:, 0] = True
-        seq.set(IS_FIRST, is_first)
-        return seq
+        seq: TensorDictBase = torch.cat(parts).reshape(self.batch_size, self.seq_len)
+        return start_windows(seq, inside_episodes=not self._sampler(0).cross_episodes)
+
+    @property
+    def lane_weights(self) -> Tensor:
+        """Each lane's total window weight: a window draws its lane in proportion to it, so that every
+        window of every lane has the chance its own weight gives it (not its lane's window count; with
+        ``ends_priority`` the two differ)."""
+        return torch.stack([self._sampler(i).weights.sum() for i in range(len(self.buffers))])
 
     @property
     def files(self) -> list[str]:
@@ -266,7 +285,7 @@ class SequenceReplay:
         """Writes what is new since the last save under ``directory``; None without a directory."""
         if self.directory is None:
             return None
-        lanes = [
+        lanes: list[dict[str, Any]] = [
             {
                 "write_count": int(buffer.write_count),
                 "capacity": archive.capacity,

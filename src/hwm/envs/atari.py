@@ -26,6 +26,7 @@ the 26 Atari 100k games (:data:`ATARI100K_SCORES`); ``hwm.envs.suites`` reports 
 
 from __future__ import annotations
 
+import difflib
 import functools
 from typing import Any, Literal
 
@@ -66,9 +67,12 @@ def atari_game(name: str) -> str:
     by_key = {_squash(rom): rom for rom in roms.get_all_rom_ids()}
     game = by_key.get(_squash(base))
     if game is None:
+        # A typo is far likelier than a game outside the 100+ ALE ROMs: name the closest instead of all.
+        close = difflib.get_close_matches(_squash(base), list(by_key), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(repr(by_key[c]) for c in close)}? " if close else ""
         raise ValueError(
-            f"Unknown Atari game {name!r}; the Atari 100k games are {', '.join(ATARI100K_SCORES)} "
-            f"(any ALE ROM works: {', '.join(sorted(set(by_key.values())))})"
+            f"Unknown Atari game {name!r}; {hint}the Atari 100k games are {', '.join(ATARI100K_SCORES)} "
+            "(any of ALE's ROMs works: python -c 'import ale_py.roms; print(ale_py.roms.get_all_rom_ids())')"
         )
     return game
 
@@ -136,8 +140,9 @@ class AtariEnv(gym.Env):
         self._episode_rng: dict[str, Any] | None = None  # set at each reset
         self._from_pixels, self._size, self._repeat = from_pixels, size, repeat
         self._sticky, self._noops, self._max_frames = sticky, noops, max_frames
+        # Before the interface exists: its constructor prints ALE's banner at the default level.
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
         self.ale = ale_py.ALEInterface()
-        self.ale.setLoggerMode(ale_py.LoggerMode.Error)
         self._load(seed)
         legal = self.ale.getLegalActionSet() if actions == "all" else self.ale.getMinimalActionSet()
         self._actions = list(legal)
@@ -157,7 +162,10 @@ class AtariEnv(gym.Env):
         # ALE reads its seed and sticky-action probability when a ROM is loaded.
         self.ale.setInt("random_seed", int(seed) % 2**31)
         self.ale.setFloat("repeat_action_probability", float(self._sticky))
-        self.ale.loadROM(roms.get_rom_path(self.game))
+        rom = roms.get_rom_path(self.game)
+        if rom is None:  # the game was checked against ale_py's ROMs when the env was configured
+            raise ValueError(f"ale_py ships no ROM for {self.game!r}")
+        self.ale.loadROM(rom)
         self._rng = np.random.default_rng(seed)
 
     def _obs(self) -> dict[str, np.ndarray]:
@@ -166,7 +174,7 @@ class AtariEnv(gym.Env):
         pooled = np.maximum(self._screens[0], self._screens[1])
         return {self._key: area_resize(pooled, self._size)}
 
-    def episode_rng_state(self) -> dict[str, Any]:
+    def episode_rng_state(self) -> dict[str, Any] | None:
         """ALE's state (with its RNG) and the no-op generator just before this episode's reset (resume)."""
         return self._episode_rng
 

@@ -28,7 +28,9 @@ from dm_env import specs  # noqa: E402
 from torchrl.data import Unbounded  # noqa: E402
 from torchrl.envs import DMControlWrapper, EnvBase  # noqa: E402
 
+from hwm.envs import reward_factors  # noqa: E402
 from hwm.envs.common import OBS_KEY, PIXELS_KEY, finish_env, tune_rendering  # noqa: E402
+from hwm.envs.reward_factors import REWARD_FACTORS_KEY, RewardFactors  # noqa: E402
 from hwm.envs.snapshot import (  # noqa: E402
     mujoco_state,
     plain_attributes,
@@ -63,10 +65,19 @@ class ActionRepeat(dm_env.Environment):
     ``DMControlWrapper`` maps to ``truncated`` (discount 0 means ``terminated``).
     Actions are exposed as float32 in [-1, 1] and rescaled to the physical bounds so that
     every domain looks the same to the actor's tanh output.
+    With ``factors``, each step also observes the reward's factors (``REWARD_FACTORS_KEY``: their mean over
+    the repeated physics steps; zeros at a reset), for diagnostics: the agent never sees them.
     """
 
-    def __init__(self, env: control.Environment, repeat: int, max_agent_steps: int) -> None:
+    def __init__(
+        self,
+        env: control.Environment,
+        repeat: int,
+        max_agent_steps: int,
+        factors: RewardFactors | None = None,
+    ) -> None:
         self._env = env
+        self._factors = factors
         self._repeat = int(repeat)
         self._max_agent_steps = int(max_agent_steps)
         self._steps = 0
@@ -90,6 +101,10 @@ class ActionRepeat(dm_env.Environment):
         self._obs_spec = collections.OrderedDict(
             {OBS_KEY: specs.Array(shape=(size,), dtype=np.float32, name=OBS_KEY)}
         )
+        if factors is not None:
+            self._obs_spec[REWARD_FACTORS_KEY] = specs.Array(
+                shape=(len(factors.names),), dtype=np.float32, name=REWARD_FACTORS_KEY
+            )
 
     # -- what the TorchRL wrapper and the pixels wrapper reach through ---------------------
     @property
@@ -121,10 +136,16 @@ class ActionRepeat(dm_env.Environment):
     def discount_spec(self) -> specs.BoundedArray:
         return self._env.discount_spec()
 
-    def _flatten(self, time_step: dm_env.TimeStep) -> collections.OrderedDict:
+    def _flatten(
+        self, time_step: dm_env.TimeStep, factors: np.ndarray | None = None
+    ) -> collections.OrderedDict:
         obs = time_step.observation
         flat = np.concatenate([np.asarray(obs[k], dtype=np.float32).ravel() for k in self._obs_keys])
-        return collections.OrderedDict({OBS_KEY: flat})
+        out = collections.OrderedDict({OBS_KEY: flat})
+        if self._factors is not None:
+            size = len(self._factors.names)
+            out[REWARD_FACTORS_KEY] = np.zeros(size, np.float32) if factors is None else factors
+        return out
 
     def episode_rng_state(self) -> Any:
         """The task's random state just before the current episode's reset (for resuming)."""
@@ -163,10 +184,15 @@ class ActionRepeat(dm_env.Environment):
         action = self._low + (action + 1.0) * 0.5 * (self._high - self._low)
         reward = 0.0
         discount = 1.0
+        factors, repeats = None, 0
         for _ in range(self._repeat):
             time_step = self._env.step(action)
             reward += time_step.reward or 0.0
             discount *= time_step.discount if time_step.discount is not None else 1.0
+            if self._factors is not None:
+                step_factors = self._factors.compute(self._env.physics)
+                factors = step_factors if factors is None else factors + step_factors
+                repeats += 1
             if time_step.last():
                 break
         self._steps += 1
@@ -177,7 +203,7 @@ class ActionRepeat(dm_env.Environment):
             step_type=step_type,
             reward=np.float32(reward),
             discount=np.float32(discount),
-            observation=self._flatten(time_step),
+            observation=self._flatten(time_step, None if factors is None else factors / repeats),
         )
 
     def close(self) -> None:
@@ -196,6 +222,10 @@ class CameraPixels(pixels.Wrapper):
         # segmentation state that would leak into the next RGB frame.
         self._cameras: dict[bool, Camera] = {}
         super().__init__(env, pixels_only=True, render_kwargs=render_kwargs)
+        # The reward's factors (diagnostics, when the env reports them) pass through beside the pixels.
+        self._passed = [k for k in env.observation_spec() if k == REWARD_FACTORS_KEY]
+        for key in self._passed:
+            self._observation_spec[key] = env.observation_spec()[key]
 
     def render(self, segmentation: bool = False) -> np.ndarray:
         physics = self._env.physics
@@ -213,7 +243,9 @@ class CameraPixels(pixels.Wrapper):
         return camera.render(segmentation=segmentation)
 
     def _add_pixel_observation(self, time_step: dm_env.TimeStep) -> dm_env.TimeStep:
-        return time_step._replace(observation=collections.OrderedDict({PIXELS_KEY: self.picture()}))
+        observation = collections.OrderedDict({PIXELS_KEY: self.picture()})
+        observation.update({key: time_step.observation[key] for key in self._passed})
+        return time_step._replace(observation=observation)
 
     def picture(self) -> np.ndarray:
         """The observation's HWC uint8 picture (subclasses change it)."""
@@ -300,7 +332,7 @@ def make_env(
     dm = load_dmc(task, action_repeat, time_limit, image_size, seed, fast_render, shadows)
     domain = task.partition("-")[0]
     cam = camera_id if camera_id is not None else (2 if domain == "quadruped" else 0)
-    repeated = ActionRepeat(dm, action_repeat, time_limit // action_repeat)
+    repeated = ActionRepeat(dm, action_repeat, time_limit // action_repeat, reward_factors.for_task(task))
     if from_pixels:
         # Our pixel wrapper instead of the one TorchRL would add (from_pixels=True): see CameraPixels.
         render_kwargs = {"height": image_size, "width": image_size, "camera_id": cam}

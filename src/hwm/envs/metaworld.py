@@ -217,7 +217,8 @@ def make_metaworld_env(
         )
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
-    env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{name}-v3-goal-observable"](seed=seed)
+    # The registry's classes take a seed; its value type (their base class) does not say so.
+    env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{name}-v3-goal-observable"](seed=seed)  # type: ignore[call-arg]
     cameras = metaworld_cameras(env.model)
     if camera not in cameras:
         env.close()

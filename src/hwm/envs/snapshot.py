@@ -21,15 +21,32 @@ import numpy as np
 from torchrl.envs import Transform
 
 __all__ = [
-    "MODEL_FIELDS", "SimSnapshot", "SimState", "mujoco_state", "plain_attributes", "restore_attributes",
+    "MODEL_FIELDS",
+    "SimSnapshot",
+    "SimState",
+    "mujoco_state",
+    "plain_attributes",
+    "restore_attributes",
     "set_mujoco_state",
-]  # fmt: skip
+]
 
 # Model fields a task may change when it starts an episode (targets, goals, colours); copied both ways.
 MODEL_FIELDS = (
-    "body_pos", "body_quat", "body_mass", "geom_pos", "geom_quat", "geom_size", "geom_rgba",
-    "site_pos", "site_quat", "site_size", "site_rgba", "mat_rgba", "cam_pos", "cam_quat",
-)  # fmt: skip
+    "body_pos",
+    "body_quat",
+    "body_mass",
+    "geom_pos",
+    "geom_quat",
+    "geom_size",
+    "geom_rgba",
+    "site_pos",
+    "site_quat",
+    "site_size",
+    "site_rgba",
+    "mat_rgba",
+    "cam_pos",
+    "cam_quat",
+)
 
 
 @runtime_checkable

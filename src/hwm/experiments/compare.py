@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hwm.experiments.outputs import log_summary, write_file
 from hwm.experiments.plots import curve_grid, group_curve, plot_curves, plot_intervals
 from hwm.experiments.runs import (
     DEFAULT_GROUP_BY,
@@ -29,14 +30,14 @@ from hwm.experiments.runs import (
     CompareError,
     GroupStats,
     RunCurve,
-    experiment_id,
     groups,
     load_runs,
-    mlflow_client,
     resolve_experiment,
+    split_mixed,
+    split_notice,
 )
 from hwm.experiments.scores import iqm_interval
-from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, STUDY_TAG, SUMMARY_TAG
+from hwm.experiments.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI
 
 __all__ = [
     "CompareError",
@@ -57,6 +58,7 @@ __all__ = [
 
 # Below this many runs a group's bootstrap interval is little more than the spread of its few values.
 FEW_RUNS = 5
+OUTPUTS = ("summary.json", "table.txt", "curves.png", "iqm.png")
 
 
 def summarize(runs: Sequence[RunCurve], *, reps: int = 2000, seed: int = 0) -> list[GroupStats]:
@@ -101,7 +103,11 @@ def format_table(stats: Sequence[GroupStats], *, group_by: str, metric: str) -> 
     header = [group_by, "runs", f"final {metric}", f"best {metric}", "IQM [95% CI]", "env frames"]
     rows = []
     for s in stats:
-        ci = f"[{num(s.ci_low)}, {num(s.ci_high)}]" if s.ci_low is not None else "[n/a]"
+        ci = (
+            f"[{num(s.ci_low)}, {num(s.ci_high)}]"
+            if s.ci_low is not None and s.ci_high is not None
+            else "[n/a]"
+        )
         frames = str(s.frames_min) if s.frames_min == s.frames_max else f"{s.frames_min}-{s.frames_max}"
         rows.append(
             [
@@ -144,9 +150,15 @@ def compare(
     runs = load_runs(
         tracking_uri, experiment, metric=metric, group_by=group_by, study=study, filter_string=filter_string
     )
+    runs, split = split_mixed(runs, group_by)
+    if split:
+        warnings.warn(split_notice(runs, split), stacklevel=2)
     stats = summarize(runs, reps=reps, seed=seed)
     table = format_table(stats, group_by=group_by, metric=metric)
     out = Path(out_dir)
+    replaced = [out / name for name in OUTPUTS if (out / name).exists()]
+    if replaced:
+        warnings.warn(f"replacing the comparison in {out}/ (--out FOLDER keeps it)", stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "experiment": experiment,
@@ -156,6 +168,7 @@ def compare(
         "reps": reps,
         "seed": seed,
         "groups": [asdict(s) for s in stats],
+        "split_by": split,
     }
     files = [
         write_file(out / "summary.json", json.dumps(summary, indent=2)),
@@ -166,33 +179,6 @@ def compare(
     if log_to_mlflow:
         log_summary(tracking_uri, experiment, files, metric=metric, group_by=group_by, study=study)
     return Comparison(runs, stats, table, files)
-
-
-def write_file(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def log_summary(
-    tracking_uri: str,
-    experiment: str,
-    files: Sequence[Path],
-    *,
-    metric: str,
-    group_by: str,
-    study: str | None,
-) -> str:
-    """Logs the comparison's files to a new summary run of the experiment (skipped by later comparisons)."""
-    client = mlflow_client(tracking_uri)
-    tags = {SUMMARY_TAG: "true", "compare.metric": metric, "compare.group_by": group_by}
-    if study:
-        tags[STUDY_TAG] = study
-    name = f"compare {metric} by {group_by}" + (f" ({study})" if study else "")
-    run = client.create_run(experiment_id(client, experiment), run_name=name, tags=tags)
-    for path in files:
-        client.log_artifact(run.info.run_id, str(path), artifact_path="compare")
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
 
 
 def tables_at(runs: Sequence[RunCurve], args: argparse.Namespace) -> list[Path]:
@@ -317,7 +303,8 @@ def main(argv: Sequence[str]) -> int:
             )
             return 2
     for w in caught:
-        if str(w.message).startswith("group "):  # one run, or too few for the interval to mean much
+        # One run or too few in a group, groups split by base or task, an earlier comparison replaced.
+        if str(w.message).startswith(("group ", "runs differ", "replacing")):
             print(f"hwm compare: warning: {w.message}", file=sys.stderr)
     n = len(result.runs)
     print(

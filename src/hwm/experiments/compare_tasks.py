@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,9 +25,17 @@ import numpy as np
 
 from hwm.envs.atari_scores import atari100k_game, human_normalized_score
 from hwm.experiments import scores
-from hwm.experiments.compare import log_summary, write_file
+from hwm.experiments.outputs import log_summary, write_file
 from hwm.experiments.plots import curve_grid, group_curve, plot_intervals
-from hwm.experiments.runs import CompareError, RunCurve, groups, load_runs, search_runs
+from hwm.experiments.runs import (
+    CompareError,
+    RunCurve,
+    groups,
+    load_runs,
+    search_runs,
+    split_mixed,
+    split_notice,
+)
 
 ATARI = "atari"
 HNS_METRIC = "eval/human_normalized_score"
@@ -120,6 +129,9 @@ def compare_across_tasks(
     ]
     if not runs:
         raise CompareError(f"no run of suite {suite!r} logged {metric!r}")
+    runs, split = split_mixed(runs, group_by, among=["model.base"])  # tasks are pooled here by design
+    if split:
+        warnings.warn(split_notice(runs, split), stacklevel=2)
     tasks = by_task(runs, suite)
     hns = suite == ATARI and metric in (DEFAULT_TASK_METRIC, HNS_METRIC)
     normalize: scores.Normalize = "atari" if hns and metric == DEFAULT_TASK_METRIC else None
@@ -193,6 +205,7 @@ def plot_task_curves(
     Published curves are drawn dashed, mean over the authors' seeds with the same kind of band, on the
     same env-frame axis; ``normalized`` puts them in human-normalised units (for ``eval/human_normalized_score``).
     """
+    from matplotlib.artist import Artist
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
     from matplotlib.ticker import FuncFormatter
 
@@ -220,8 +233,10 @@ def plot_task_curves(
             values = ref.curves[task]
             if normalized:
                 values = np.asarray(human_normalized_score(task, values))
-            seeds = [RunCurve(f"{ref.key}/{i}", ref.key, ref.label, ref.steps, v, int(ref.steps[-1]))
-                     for i, v in enumerate(values)]  # fmt: skip
+            seeds = [
+                RunCurve(f"{ref.key}/{i}", ref.key, ref.label, ref.steps, v, int(ref.steps[-1]))
+                for i, v in enumerate(values)
+            ]
             x, mean, lo, hi = group_curve(seeds, ref.steps.astype(np.float64), reps=reps, seed=seed)
             ax.plot(
                 x, mean, color=color, linestyle="--", linewidth=1.2, label=f"{ref.label} (n={len(seeds)})"
@@ -235,7 +250,7 @@ def plot_task_curves(
         ax.set_visible(False)
     for ax in axes[(rows - 1) * cols :]:
         ax.set_xlabel("env frames", fontsize=8)
-    handles: dict[str, object] = {}
+    handles: dict[str, Artist] = {}
     for ax in axes[: len(tasks)]:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, h)
@@ -243,7 +258,14 @@ def plot_task_curves(
     ncol = min(4, max(len(handles), 1))
     legend_h = 0.25 * math.ceil(len(handles) / ncol) + 0.1 if handles else 0.0  # inches
     if handles:
-        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+        fig.legend(
+            handles.values(),
+            handles.keys(),
+            loc="lower center",
+            ncol=ncol,
+            fontsize=8,
+            frameon=False,
+        )
     fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     return path
@@ -252,23 +274,28 @@ def plot_task_curves(
 def main_across_tasks(args: argparse.Namespace) -> int:
     """``hwm compare --across-tasks ...`` with the parsed arguments: prints the tables, exit code 0 or 2."""
     try:
-        result = compare_across_tasks(
-            tracking_uri=args.tracking_uri,
-            experiment=args.experiment,
-            metric=args.metric,
-            group_by=args.group_by,
-            suite=args.suite,
-            study=args.study,
-            filter_string=args.filter,
-            out_dir=args.out,
-            reps=args.reps,
-            seed=args.seed,
-            published=not args.no_published,
-            log_to_mlflow=args.log_to_mlflow,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = compare_across_tasks(
+                tracking_uri=args.tracking_uri,
+                experiment=args.experiment,
+                metric=args.metric,
+                group_by=args.group_by,
+                suite=args.suite,
+                study=args.study,
+                filter_string=args.filter,
+                out_dir=args.out,
+                reps=args.reps,
+                seed=args.seed,
+                published=not args.no_published,
+                log_to_mlflow=args.log_to_mlflow,
+            )
     except CompareError as exc:
         print(f"hwm compare: error: {exc}", file=sys.stderr)
         return 2
+    for w in caught:
+        if str(w.message).startswith("runs differ"):
+            print(f"hwm compare: warning: {w.message}", file=sys.stderr)
     n, tasks = len(result.runs), len({t for r in result.rows if not r.published for t in r.per_task})
     print(
         f"{args.experiment}: {n} run{'s' * (n != 1)} on {tasks} {result.suite} task{'s' * (tasks != 1)} "

@@ -65,7 +65,8 @@ def plot_curves(
             ax.plot(r.steps, r.values, color=color, alpha=0.25, linewidth=0.8)
     ax.set_xlabel("env frames")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: mean and 95% bootstrap CI by {group_by}", fontsize=10)
+    # Two lines: a long metric and group name on one would run past the figure's edge.
+    ax.set_title(f"{metric}\nmean and 95% bootstrap CI by {group_by}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -80,7 +81,8 @@ def plot_intervals(
 
     xlabel = f"IQM of final {metric} (95% stratified bootstrap CI)"
     longest = max(len(f"{s.group} (n={s.runs})") for s in stats)  # room for the row labels and the x label
-    fig = Figure(figsize=(max(5.0, 0.5 + 0.085 * longest + 0.07 * len(xlabel)), 0.6 + 0.45 * len(stats)))
+    text = max(len(xlabel), len(f"by {group_by}"))  # and for the title, centred over the bars
+    fig = Figure(figsize=(max(5.0, 0.5 + 0.085 * longest + 0.07 * text), 0.6 + 0.45 * len(stats)))
     ax = fig.subplots()
     for i, s in enumerate(stats):
         lo = s.ci_low if s.ci_low is not None else s.iqm

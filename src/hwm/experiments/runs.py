@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hwm.experiments.tracking import FRAMES_METRIC, STUDY_TAG, SUMMARY_TAG, sqlite_path, upgrade_class_paths
+from hwm.checkpoints.class_paths import upgrade_class_paths
+from hwm.experiments.tracking import FRAMES_METRIC, STUDY_TAG, SUMMARY_TAG, sqlite_path
 
 DEFAULT_METRIC = "eval/return"
 DEFAULT_GROUP_BY = "model.harmonizer_mode"
@@ -31,6 +33,7 @@ class RunCurve:
     frames: int  # env frames the run reached
     task: str | None = None  # param data.task, else tag task
     suite: str | None = None  # param data.suite, else tag suite
+    base: str | None = None  # param model.base, else tag base
 
     @property
     def final(self) -> float:
@@ -73,17 +76,28 @@ class GroupStats:
     run_ids: list[str] = field(default_factory=list)
 
 
-def mlflow_client(tracking_uri: str) -> Any:
-    """A client of an existing store: reading never creates one (MLflow would make an empty sqlite file)."""
+FIND_STORE_HINT = "run hwm compare where hwm fit ran (it writes mlflow.db there), or pass --tracking-uri"
+
+
+def mlflow_client(tracking_uri: str, hint: str = FIND_STORE_HINT) -> Any:
+    """A client of an existing store: reading never creates one (MLflow would make an empty sqlite file);
+    ``hint`` says how to name the right one where the store is missing."""
     database = sqlite_path(tracking_uri)
     if database is not None and not database.is_file():
         raise CompareError(
-            f"no MLflow store at {str(database.absolute())!r} (tracking URI {tracking_uri}): run hwm compare "
-            "where hwm fit ran (it writes mlflow.db there), or pass --tracking-uri"
+            f"no MLflow store at {str(database.absolute())!r} (tracking URI {tracking_uri}): {hint}"
         )
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def find_store(start: Path | None = None) -> Path:
+    """The folder holding ``mlflow.db`` (the store ``hwm fit`` writes where it runs): ``start`` (default: the
+    working folder) or the nearest folder above it, else ``start`` itself. Jupyter runs a notebook inside
+    its own folder (``notebooks/``), one below where ``hwm fit`` ran."""
+    here = (start or Path.cwd()).absolute()
+    return next((folder for folder in (here, *here.parents) if (folder / "mlflow.db").is_file()), here)
 
 
 def resolve_experiment(tracking_uri: str, experiment: str | None) -> tuple[str, str | None]:
@@ -130,9 +144,9 @@ def _group_value(run: Any, group_by: str) -> str | None:
     return upgrade_class_paths(value) if value is not None else None
 
 
-def _setting(run: Any, key: str) -> str | None:
-    """A run's ``data.<key>`` param, else its ``<key>`` tag (both are logged by ``hwm fit``)."""
-    value = run.data.params.get(f"data.{key}") or run.data.tags.get(key)
+def _setting(run: Any, key: str, section: str = "data") -> str | None:
+    """A run's ``<section>.<key>`` param, else its ``<key>`` tag (both are logged by ``hwm fit``)."""
+    value = run.data.params.get(f"{section}.{key}") or run.data.tags.get(key)
     return str(value) if value else None
 
 
@@ -201,9 +215,43 @@ def load_runs(
                 frames=max(frames, int(steps[-1])),
                 task=_setting(run, "task"),
                 suite=_setting(run, "suite"),
+                base=_setting(run, "base", section="model"),
             )
         )
     return sorted(out, key=lambda c: (c.group, c.name))
+
+
+# What runs must share to be pooled in one group: a group mixing them averages different agents or tasks.
+SPLIT_KEYS = {"model.base": "base", "data.task": "task"}
+
+
+def split_mixed(
+    runs: Sequence[RunCurve], group_by: str, among: Sequence[str] = tuple(SPLIT_KEYS)
+) -> tuple[list[RunCurve], list[str]]:
+    """Runs whose groups are split by the settings ``among`` (keys of ``SPLIT_KEYS``) on which the runs
+    differ (``rectified`` becomes ``rectified [dreamerv3, walker-walk]``), and those settings' keys."""
+    keys = [
+        key
+        for key in among
+        if key != group_by.removeprefix("params.") and len({getattr(r, SPLIT_KEYS[key]) for r in runs}) > 1
+    ]
+    if not keys:
+        return list(runs), []
+    out = []
+    for run in runs:
+        parts = ", ".join(str(getattr(run, SPLIT_KEYS[key]) or "?") for key in keys)
+        out.append(replace(run, group=f"{run.group} [{parts}]"))
+    return sorted(out, key=lambda c: (c.group, c.name)), keys
+
+
+def split_notice(runs: Sequence[RunCurve], keys: Sequence[str]) -> str:
+    """What ``split_mixed`` did, and how to compare one setting alone."""
+    first = getattr(runs[0], SPLIT_KEYS[keys[0]])
+    return (
+        f"runs differ in {' and '.join(keys)}: each group is split by {'them' if len(keys) > 1 else 'it'} "
+        f"(a group pooling them would average different agents or tasks); --filter picks one, e.g. "
+        f"--filter \"params.`{keys[0]}` = '{first}'\""
+    )
 
 
 def groups(runs: Sequence[RunCurve]) -> dict[str, list[RunCurve]]:

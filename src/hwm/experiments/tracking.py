@@ -17,21 +17,6 @@ FRAMES_METRIC = "progress/env_frames"
 # MLflow 3's UI opens an experiment on its GenAI (traces) pages unless the experiment says it trains models.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
-# Class paths that configs (checkpoints, MLflow params) recorded before hwm's package layout.
-LEGACY_CLASS_PATHS = {
-    "hwm.world_model.WorldModel": "hwm.models.world_model.WorldModel",
-    "hwm.world_model_v3.WorldModelV3": "hwm.models.world_model_v3.WorldModelV3",
-    "hwm.actor_critic.ActorCritic": "hwm.models.actor_critic.ActorCritic",
-    "hwm.actor_critic_v3.ActorCriticV3": "hwm.models.actor_critic_v3.ActorCriticV3",
-}
-
-
-def upgrade_class_paths(text: str) -> str:
-    """A recorded config (or param value) with its classes' old module paths replaced by today's."""
-    for old, new in LEGACY_CLASS_PATHS.items():
-        text = text.replace(old, new)
-    return text
-
 
 def git_commit(path: Path | None = None) -> tuple[str, bool] | None:
     """(commit, dirty) of the git checkout holding ``path`` (default: hwm's source); None outside git."""
@@ -83,3 +68,40 @@ def sqlite_path(uri: str) -> Path | None:
     # sqlite:///mlflow.db -> "/mlflow.db" (relative); sqlite:////abs/mlflow.db -> "//abs/mlflow.db".
     path = unquote(parsed.path)
     return Path(path[1:] if path.startswith("/") else path)
+
+
+def prepare_experiment(uri: str, name: str) -> str | None:
+    """`ensure_experiment` for a launcher: None (and a line on stderr) when the store cannot be prepared;
+    each run then meets the problem itself and reports it in its log."""
+    import sys
+
+    try:
+        return ensure_experiment(uri, name)
+    except Exception as exc:
+        print(f"hwm study: could not prepare MLflow experiment {name!r} in {uri}: {exc}", file=sys.stderr)
+        return None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name`` in the store at ``uri``, created (with hwm's kind tag) if missing.
+
+    A study calls this once before it starts runs in parallel: two runs creating the same experiment (or
+    setting its tag) at once collide on the store's unique keys, and one of them fails."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            experiment_id = client.create_experiment(name)
+        except MlflowException:  # another process created it meanwhile
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            experiment_id = found.experiment_id
+    else:
+        experiment_id = found.experiment_id
+    if found is None or found.tags.get(EXPERIMENT_KIND_TAG[0]) != EXPERIMENT_KIND_TAG[1]:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND_TAG)
+    return experiment_id

@@ -14,7 +14,7 @@ from torchrl.modules import TruncatedNormal
 
 from hwm.models.distributions import unimix_logits
 from hwm.models.losses import lambda_return
-from hwm.models.networks import mlp
+from hwm.models.networks import Blocks, mlp
 from hwm.models.world_model import Starts, WorldModel
 
 # DreamerV2 keeps truncated-normal samples this far inside [-1, 1] (straight-through), so no action is
@@ -50,17 +50,22 @@ class ActionDist:
         else:
             mean, std = out.chunk(2, -1)
             self.loc = torch.tanh(mean)
-            if self.truncated:
+            if max_std is None:  # self.truncated
                 std = 2.0 * torch.sigmoid(std / 2.0) + min_std
                 self.dist = TruncatedNormal(self.loc, std, low=-1.0, high=1.0)
             else:
                 std = (max_std - min_std) * torch.sigmoid(std + 2.0) + min_std
                 self.dist = Normal(self.loc, std, validate_args=False)
 
+    @property
+    def _categorical(self) -> OneHotCategorical:
+        assert isinstance(self.dist, OneHotCategorical), "discrete actions only"
+        return self.dist
+
     def rsample(self) -> Tensor:
         if self.discrete:
             sample = self.dist.sample()
-            probs = self.dist.probs
+            probs = self._categorical.probs
             return sample + probs - probs.detach()
         x = self.dist.rsample()
         bound = 1.0 - TRUNC_MARGIN if self.truncated else 1.0
@@ -76,8 +81,8 @@ class ActionDist:
 
     def mode(self) -> Tensor:
         if self.discrete:
-            idx = self.dist.probs.argmax(-1)
-            return nn.functional.one_hot(idx, self.dist.probs.shape[-1]).float()
+            probs = self._categorical.probs
+            return nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).float()
         # The truncated normal's mode is its location clamped to the bounds; tanh keeps it inside already.
         return self.loc
 
@@ -109,6 +114,9 @@ class ReturnNorm(nn.Module):
     ``scale`` = max(limit, high - low): returns are divided by it, so large returns are brought to a unit range
     while small ones (sparse rewards) are not amplified.
     """
+
+    low: Tensor
+    high: Tensor
 
     def __init__(self, decay: float = 0.99, limit: float = 1.0, low: float = 5.0, high: float = 95.0) -> None:
         super().__init__()
@@ -154,6 +162,7 @@ class ActorCritic(L.LightningModule):
     # The base's structure (not configuration), overridden by ActorCriticV3.
     _norm: ClassVar[bool] = False
     _act: ClassVar[type[nn.Module]] = nn.ELU
+    updates: Tensor  # a buffer: completed updates, saved with the weights
     _critic_out: ClassVar[int] = 1
     _zero_critic: ClassVar[bool] = False
 
@@ -187,7 +196,7 @@ class ActorCritic(L.LightningModule):
         self.actor_entropy, self.min_std = actor_entropy, min_std
         self.slow_critic_every, self.slow_critic_fraction = slow_critic_every, slow_critic_fraction
         self.return_norm, self.imag_starts = return_norm, imag_starts
-        blocks = {"norm": self._norm, "act": self._act}
+        blocks: Blocks = {"norm": self._norm, "act": self._act}
         self.actor = mlp(
             feat_dim, action_dim if discrete else 2 * action_dim, hidden=units, layers=layers, **blocks
         )

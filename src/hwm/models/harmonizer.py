@@ -14,7 +14,7 @@ so its caller passes those norms in (:meth:`Harmonizer.forward`, ``needs_grad_no
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -50,6 +50,12 @@ class Harmonizer(L.LightningModule):
         gradnorm_alpha: GradNorm's asymmetry alpha (0: equal weighted gradient norms; the GradNorm paper
             uses 0.12 to 3, 1.5 on NYUv2).
     """
+
+    log_sigma: nn.Parameter | None  # the learnable modes only
+    gradnorm_weights: nn.Parameter | None  # gradnorm only
+    initial_losses: Tensor  # gradnorm only
+    fixed_weights: Tensor
+    regularizer_scales: Tensor
 
     def __init__(
         self,
@@ -138,17 +144,16 @@ class Harmonizer(L.LightningModule):
             [torch.as_tensor(losses[t], device=device).float().reshape(()) for t in self.tasks]
         )
         extra: dict[str, Tensor] = {}
+        s = self.log_sigma
         if self.mode == "gradnorm":
             terms, extra = self._gradnorm_terms(values, grad_norms)
+        elif s is None:  # fixed, off
+            terms = values * self.fixed_weights
         elif self.mode == "rectified":
-            s = self.log_sigma
             # softplus(s) = log(1 + exp(s)) = log(1 + sigma), stable for any s.
             terms = values * torch.exp(-s) + self.regularizer_scales * F.softplus(s)
-        elif self.mode == "unrectified":
-            s = self.log_sigma
+        else:  # unrectified
             terms = values * torch.exp(-s) + self.regularizer_scales * s
-        else:
-            terms = values * self.fixed_weights
         total = terms.sum()
         with torch.no_grad():
             # A copy: GradNorm's weights are the parameter itself, which the optimizer steps before logging.
@@ -226,7 +231,7 @@ def world_model_optimizers(
     if harmonizer_lr is None or not harmonizer_params:
         # One group, as before the setting existed: checkpoints of either kind load into the other.
         return [torch.optim.Adam(model_params + harmonizer_params, lr=lr, eps=eps, weight_decay=weight_decay)]
-    groups = [{"params": model_params}, {"params": harmonizer_params, "lr": own_lr}]
+    groups: list[dict[str, Any]] = [{"params": model_params}, {"params": harmonizer_params, "lr": own_lr}]
     return [torch.optim.Adam(groups, lr=lr, eps=eps, weight_decay=weight_decay)]
 
 

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypedDict
 
 import torch
 from torch import Tensor, nn
+
+
+class Blocks(TypedDict):
+    """A base's block style, handed to every builder below: LayerNorm or not, and the activation."""
+
+    norm: bool
+    act: type[nn.Module]
 
 
 @contextmanager

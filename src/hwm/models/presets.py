@@ -83,13 +83,13 @@ def check(base: str, size: str | None) -> None:
         raise ValueError(f"model.size must be one of {', '.join(SIZE_NAMES)} (or null); got {size!r}")
 
 
-def size_options(size: str | None) -> tuple[dict[str, int], dict[str, int]]:
+def size_options(size: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(world-model options, actor-critic options) of a size; empty for None (the classes' defaults)."""
     check("dreamerv2", size)
     if size is None:
         return {}, {}
     deter, depth, units, layers = _SIZE_TABLE[size]
-    world_model = {
+    world_model: dict[str, Any] = {
         "deter": deter,
         "hidden": units,
         "stoch": 32,

@@ -12,7 +12,7 @@ from tensordict import TensorDictBase
 from torch import Tensor, nn
 
 from hwm.models.losses import balanced_kl, bernoulli_nll, unit_gaussian_nll
-from hwm.models.networks import ConvDecoder, ConvEncoder, flat_dim, frozen, mlp
+from hwm.models.networks import Blocks, ConvDecoder, ConvEncoder, flat_dim, frozen, mlp
 from hwm.models.rssm import RSSM, State
 
 # The replay's step layout (DreamerV2/V3's): step t holds o_t, the action a_{t-1} that led to it (zeros at an
@@ -88,7 +88,7 @@ class WorldModel(L.LightningModule):
         self.obs_key = "pixels" if self.pixels else "observation"
         self.action_dim = action_dim
         self.kl_balance, self.free_nats = kl_balance, free_nats
-        blocks = {"norm": self._norm, "act": self._act}
+        blocks: Blocks = {"norm": self._norm, "act": self._act}
         if self.pixels:
             self.encoder: nn.Module = ConvEncoder(
                 depth=cnn_depth, in_channels=self.obs_shape[0], same_padding=self._v3_cnn, **blocks
@@ -208,7 +208,8 @@ class WorldModel(L.LightningModule):
             obs_loss = unit_gaussian_nll(self.decoder(feat), target, event_dims=3)
         else:
             obs_loss = unit_gaussian_nll(self.decoder(feat), obs, event_dims=1)
-        reward_loss = unit_gaussian_nll(self.reward_head(feat), reward, event_dims=1)
+        reward_pred = self.reward_head(feat)
+        reward_loss = unit_gaussian_nll(reward_pred, reward, event_dims=1)
         dyn_loss, kl = balanced_kl(
             post["post_logits"], post["prior_logits"], balance=self.kl_balance, free_nats=self.free_nats
         )
@@ -218,7 +219,9 @@ class WorldModel(L.LightningModule):
             "dynamics": dyn_loss,
             "continue": self._continue_loss(feat, terminal),
         }
-        return losses, self.starts(post, terminal), latent_metrics(post, kl)
+        metrics = latent_metrics(post, kl)
+        metrics.update(reward_error_metrics(reward_pred.squeeze(-1), reward.squeeze(-1), action))
+        return losses, self.starts(post, terminal), metrics
 
     def _continue_loss(self, feat: Tensor, terminal: Tensor) -> Tensor:
         if self.continue_head is None:
@@ -238,6 +241,27 @@ def latent_metrics(post: dict[str, Tensor], kl: Tensor) -> dict[str, Tensor]:
             "kl": kl.detach(),
             "post_entropy": _entropy(post["post_logits"]),
             "prior_entropy": _entropy(post["prior_logits"]),
+        }
+
+
+# Replayed actions at or above this mean |a| count as large in the reward error's split.
+LARGE_ACTION = 0.5
+
+
+def reward_error_metrics(pred: Tensor, reward: Tensor, action: Tensor) -> dict[str, Tensor]:
+    """Squared error of the predicted reward [B, T], overall and split by the size of the action that
+    earned it (step t holds a_{t-1} and r_t): a model that misses a control cost (cartpole's small_control)
+    is off mostly where actions are large. ``large_action_share`` is the share of large actions; a split's
+    error is 0 when it holds no step."""
+    with torch.no_grad():
+        error = (pred.float() - reward.float()).square()
+        large = (action.float().abs().mean(-1) >= LARGE_ACTION).float()
+        small = 1.0 - large
+        return {
+            "reward_mse": error.mean(),
+            "reward_mse_large_action": (error * large).sum() / large.sum().clamp(min=1.0),
+            "reward_mse_small_action": (error * small).sum() / small.sum().clamp(min=1.0),
+            "large_action_share": large.mean(),
         }
 
 

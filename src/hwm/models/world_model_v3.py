@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from hwm.models.distributions import TwoHot, symlog
 from hwm.models.losses import categorical_kl, dyn_rep_kl, sum_squared_error, symlog_mse
-from hwm.models.world_model import Starts, WorldModel, latent_metrics
+from hwm.models.world_model import Starts, WorldModel, latent_metrics, reward_error_metrics
 
 REWARD_BINS = 255
 
@@ -125,7 +125,8 @@ class WorldModelV3(WorldModel):
             obs_loss = sum_squared_error(self.decoder(feat), obs.float() / 255.0 - 0.5, event_dims=3)
         else:
             obs_loss = symlog_mse(self.decoder(feat), obs, event_dims=1)
-        reward_loss = self.twohot.nll(self.reward_head(feat), reward.squeeze(-1))
+        reward_logits = self.reward_head(feat)
+        reward_loss = self.twohot.nll(reward_logits, reward.squeeze(-1))
         dyn, rep = dyn_rep_kl(post["post_logits"], post["prior_logits"], free=self.free_nats)
         total = self.dyn_scale + self.rep_scale
         kl_task = (self.dyn_scale * dyn.mean() + self.rep_scale * rep.mean()) / total
@@ -139,4 +140,7 @@ class WorldModelV3(WorldModel):
             kl = categorical_kl(post["post_logits"], post["prior_logits"]).mean()
         metrics = latent_metrics(post, kl)
         metrics.update({"kl_dyn": dyn.mean().detach(), "kl_rep": rep.mean().detach()})
+        with torch.no_grad():
+            reward_pred = self.twohot.mean(reward_logits)
+        metrics.update(reward_error_metrics(reward_pred, reward.squeeze(-1), action))
         return losses, self.starts(post, terminal), metrics

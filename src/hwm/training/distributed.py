@@ -23,7 +23,7 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def disable_ddp_reducer(model: nn.Module) -> None:
+def disable_ddp_reducer(model: nn.Module | None) -> None:
     """Stops a DDP wrapper from all-reducing in backward (``average_gradients`` does it per optimizer)."""
     if isinstance(model, DistributedDataParallel):
         model.require_backward_grad_sync = False

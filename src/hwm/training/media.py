@@ -49,7 +49,7 @@ def write_gif(frames: np.ndarray, path: Path, *, fps: float = 15.0, scale: int =
     images = [Image.fromarray(f) for f in frames]
     if scale > 1:
         size = (frames.shape[2] * scale, frames.shape[1] * scale)
-        images = [im.resize(size, Image.NEAREST) for im in images]
+        images = [im.resize(size, Image.Resampling.NEAREST) for im in images]
     images[0].save(
         path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, optimize=False
     )

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from hwm.training.stop import EXIT_NONFINITE, StopBoard, StopReason
+from hwm.training.stream import unwired
 
 
 def finite(loss: Tensor, params: Iterable[torch.nn.Parameter]) -> Tensor:
@@ -34,9 +35,10 @@ class NonFiniteGuard:
         self.limit = limit
         self.skipped: dict[str, int] = {}
         self.in_a_row: dict[str, int] = {}
-        self._stops: StopBoard | None = None
+        self._stops: StopBoard = unwired("NonFiniteGuard", "the run's stop board")
 
     def attach(self, stops: StopBoard) -> None:
+        """Where a run of skipped steps files its stop."""
         self._stops = stops
 
     def record(self, name: str, ok: bool, updates: int) -> None:
@@ -46,7 +48,7 @@ class NonFiniteGuard:
             return
         self.skipped[name] = self.skipped.get(name, 0) + 1
         self.in_a_row[name] = self.in_a_row.get(name, 0) + 1
-        if self.in_a_row[name] == self.limit and self._stops is not None:
+        if self.in_a_row[name] == self.limit:
             self._stops.request_stop(
                 StopReason(
                     EXIT_NONFINITE,

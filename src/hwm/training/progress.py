@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hwm.training.stream import AgentProgress, Stream, TrackingStatus
+from hwm.training.stream import AgentProgress, Stream, TrackingStatus, unwired
 
 # Lightning's own logger: its console handler prints rank_zero_info lines, hwm's notices among them.
 LIGHTNING_LOG = "lightning.pytorch"
@@ -30,26 +30,26 @@ class FrameProgressBar(TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate)
-        self._stream: Stream | None = None
-        self._agent: AgentProgress | None = None
+        self._stream: Stream = unwired("FrameProgressBar", "the data stream")
+        self._agent: AgentProgress = unwired("FrameProgressBar", "the agent")
         self._open = False  # whether this run's bar has been shown (the parent's reference is private)
         # While the bar is shown, Lightning's log lines (hwm's checkpoint notices among them) go through
         # tqdm.write, which clears the bar, prints the line and redraws it, instead of into the bar's line.
         self._redirect = ExitStack()
-        self._tracking: TrackingStatus | None = None
+        self._tracking: TrackingStatus = unwired("FrameProgressBar", "the metric buffer")
 
-    def attach(self, stream: Stream, agent: AgentProgress, tracking: TrackingStatus | None = None) -> None:
+    def attach(self, stream: Stream, agent: AgentProgress, tracking: TrackingStatus) -> None:
         """Where the bar's numbers come from: frames from the stream, updates and returns from the agent,
         the tracking server's state from the metric buffer."""
         self._stream, self._agent, self._tracking = stream, agent, tracking
 
     def _frames(self) -> int:
         """Where the bar stands."""
-        return int(self._stream.counters.get("env_frames", 0)) if self._stream is not None else 0
+        return int(self._stream.counters.get("env_frames", 0))
 
     def _total(self) -> int:
         """The bar's end (0: unknown)."""
-        return self._stream.total_frames if self._stream is not None else 0
+        return self._stream.total_frames
 
     def init_train_tqdm(self) -> Tqdm:
         # Built with its final description, unit and total: tqdm prints on creation and on every reset, so
@@ -91,13 +91,13 @@ class FrameProgressBar(TQDMProgressBar):
                 self._redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
         bar = self.train_progress_bar
         bar.n = self._frames()
-        postfix: dict[str, Any] = {"updates": self._agent.updates if self._agent is not None else 0}
-        shown = self._agent.bar_metrics if self._agent is not None else {}
+        postfix: dict[str, Any] = {"updates": self._agent.updates}
+        shown = self._agent.bar_metrics
         for key, label, spec in self.SHOWN:
             value = shown.get(key)
             if value is not None:
                 postfix[label] = format(value, spec)
-        if self._tracking is not None and self._tracking.offline:
+        if self._tracking.offline:
             postfix["tracking"] = f"offline, {self._tracking.buffered} steps buffered"
         bar.set_postfix(postfix, refresh=False)
         bar.refresh()
@@ -141,7 +141,7 @@ class UpdateProgressBar(FrameProgressBar):
         self._budget = updates
 
     def _frames(self) -> int:
-        return self._agent.updates if self._agent is not None else 0
+        return self._agent.updates
 
     def _total(self) -> int:
         return self._budget

@@ -1,6 +1,6 @@
 """The contracts between the parts of a run, so that none of them reaches another through the trainer.
 
-A run's objects talk along these lines (the CLI hands each its collaborators, ``hwm.cli.fit.wire``):
+A run's objects talk along these lines (the CLI hands each its collaborators, ``hwm.cli.wiring``):
 
 - batches go *down*: the data module's stream yields replayed sequences to the agent's training step;
 - the policy goes *across*: the data module collects and evaluates with the agent's policy
@@ -8,13 +8,15 @@ A run's objects talk along these lines (the CLI hands each its collaborators, ``
 - counters, metrics, recorded episodes and timings come *up*: the agent, the checkpoint callback and the
   progress bar read them from the data module (:class:`Stream`, :class:`CheckpointedStream`);
 - the agent's own counters and bar metrics go to the callbacks (:class:`AgentProgress`).
+- a saved dataset's held-out episodes are scored *across*: the offline data module scores them with the
+  learner's world model (:class:`HeldOutScorer`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from hwm.training.timing import Stopwatch
 
@@ -124,3 +126,30 @@ class HeldOutScorer(Protocol):
         """Per-step errors [B, T]: ``reward_sq_error`` (the reward head's mean against the reward),
         ``obs_sq_error`` (the decoder's mean, averaged over the observation's elements) and ``kl``."""
         ...
+
+
+class _Unwired:
+    """A collaborator not handed in yet: any use of it fails at once, naming who was not wired."""
+
+    def __init__(self, owner: str, role: str) -> None:
+        object.__setattr__(
+            self, "_why", f"{owner} was used before it was wired: hwm.cli.wiring hands it {role}"
+        )
+
+    def __getattr__(self, name: str) -> NoReturn:
+        if name.startswith("__"):  # copy, pickle and hasattr ask for optional hooks: say there are none
+            raise AttributeError(name)
+        raise RuntimeError(object.__getattribute__(self, "_why"))
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise RuntimeError(object.__getattribute__(self, "_why"))
+
+
+def unwired(owner: str, role: str) -> Any:
+    """What an object holds in place of a collaborator until ``hwm.cli.wiring`` hands it the real one.
+
+    The wiring hands every collaborator in (its methods take them as required, typed by the protocols
+    above), so the objects never test for a missing one; a use outside the wiring (a test that forgot a
+    collaborator) fails on first use with one line instead of an ``AttributeError`` on ``None``.
+    """
+    return _Unwired(owner, role)

@@ -17,11 +17,12 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mlflow.exceptions import MlflowException
 
 from hwm.training.stop import EXIT_TRACKING, StopBoard, StopReason
+from hwm.training.stream import unwired
 
 Entry = tuple[int, dict[str, float]]
 
@@ -30,6 +31,16 @@ def _rejected(exc: Exception) -> bool:
     """The server answered and refused these metrics (HTTP 4xx other than 429): retrying cannot help."""
     code = exc.get_http_status_code() if isinstance(exc, MlflowException) else 0
     return 400 <= code < 500 and code != 429
+
+
+def _stored(logger: Logger, step: int, metrics: Mapping[str, float]) -> bool:
+    """Whether the MLflow run already holds ``step`` of one of these metrics (raises while the server is
+    down). Other loggers cannot say; their batch is sent again."""
+    if not isinstance(logger, MLFlowLogger) or not metrics or logger.run_id is None:
+        return False
+    key = min(metrics)
+    history = logger.experiment.get_metric_history(logger.run_id, key)
+    return any(m.step == step for m in history)
 
 
 class TrackingBuffer(Callback):
@@ -53,7 +64,7 @@ class TrackingBuffer(Callback):
             flush_seconds,
         )
         self._logger: Logger | None = None
-        self._stops: StopBoard | None = None
+        self._stops: StopBoard = unwired("TrackingBuffer", "the run's stop board")
         self._queue: deque[Entry] = deque()
         self._sending: Entry | None = None
         self._cond = threading.Condition()
@@ -63,9 +74,11 @@ class TrackingBuffer(Callback):
         self.gave_up = False
         self.floor = -1  # steps up to here are already in the run (a resume)
         self.sent = 0
+        self._unanswered: int | None = None  # a step whose send failed: the server may have stored it
 
-    def attach(self, logger: Logger | None, stops: StopBoard | None = None) -> None:
-        """The logger the metrics go to, and where a server gone for good files its stop."""
+    def attach(self, logger: Logger | None, stops: StopBoard) -> None:
+        """The logger the metrics go to (None: a run without one, whose metrics go nowhere), and where a
+        server gone for good files its stop."""
         self._logger, self._stops = logger, stops
 
     def skip_until(self, step: int) -> None:
@@ -110,11 +123,16 @@ class TrackingBuffer(Callback):
             step, metrics = self._sending
             try:
                 assert self._logger is not None
-                self._logger.log_metrics(metrics, step=step)
+                # A server stopped mid-request may have stored a batch whose answer never came: sending
+                # it again would log that step twice.
+                if step != self._unanswered or not _stored(self._logger, step, metrics):
+                    self._logger.log_metrics(metrics, step=step)
+                self._unanswered = None
             except Exception as exc:
                 if _rejected(exc):
                     rank_zero_warn(f"hwm: the tracking store refused the metrics of step {step}: {exc}")
                 else:
+                    self._unanswered = step
                     self._failed(exc)
                     with self._cond:
                         self._sending = None
@@ -145,7 +163,7 @@ class TrackingBuffer(Callback):
                 f"hwm: tracking server unreachable ({type(exc).__name__}: {detail}); training goes on, "
                 f"metrics are buffered ({self.buffered} steps) and retried"
             )
-        elif now - self.down_since >= self.give_up_minutes * 60 and self._stops is not None:
+        elif now - self.down_since >= self.give_up_minutes * 60:
             self.gave_up = True
             self._stops.request_stop(
                 StopReason(
