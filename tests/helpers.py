@@ -23,6 +23,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "conf" / "tiny.yaml"
+OFFLINE_TINY_CONFIG = REPO_ROOT / "conf" / "offline_tiny.yaml"
 TINY_EXPERIMENT = "hwm-tiny"  # trainer.logger.init_args.experiment_name in conf/tiny.yaml
 CKPT_ROOT = "checkpoints"
 
@@ -330,6 +331,35 @@ def assert_same_training(a: dict, b: dict, tmp_path: Path) -> None:
         rb = replay_items(run_folder(tmp_path / "split"), b, n)
         for key in ra:
             assert torch.equal(ra[key], rb[key]), key
+
+
+def fit_parser(offline: bool = False) -> Any:
+    """`hwm fit`'s argument parser alone (nothing instantiated), built in the current folder, refusing bad
+    input with an exception instead of exiting: what tests that check configs and commands parse need.
+    ``offline``: the parser of `hwm fit --data.dataset` (a world model trained alone, hwm.cli.offline)."""
+    from hwm.cli.fit import HwmCLI
+    from hwm.cli.offline import OfflineCLI
+
+    kind = OfflineCLI if offline else HwmCLI
+
+    class ParseOnly(kind):
+        def instantiate_classes(self) -> None:  # the parser is all these tests need
+            pass
+
+    config = (
+        ["--config", str(OFFLINE_TINY_CONFIG), "--data.dataset", "."]
+        if offline
+        else ["--config", str(TINY_CONFIG)]
+    )
+    return ParseOnly(
+        kind.model_class_default,
+        kind.data_class_default,
+        run=False,
+        args=config,
+        save_config_callback=None,
+        parser_kwargs={"exit_on_error": False, "parser_mode": "omegaconf"},
+        auto_configure_optimizers=False,
+    ).parser
 
 
 def write_episode_dataset(folder: Path, episodes: int = 10, steps: int = 20, pixels: bool = False) -> Path:

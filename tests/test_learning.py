@@ -1,4 +1,4 @@
-"""The CPU preset learns: cartpole-balance from states beats what no learning can score (slow: ~11 minutes)."""
+"""The CPU preset learns: cartpole-balance from states beats what no learning can score (slow: ~22 minutes)."""
 
 from pathlib import Path
 
@@ -12,11 +12,14 @@ from helpers import REPO_ROOT, fit_and_load
 # of either, whatever the seed.
 NO_LEARNING_BEST = 775.0
 THRESHOLD = 800.0
-FRAMES = 100_000
+# The learning benchmark's seeds 0-3 score 935-972 at 200k frames, the mean of their last four evaluations
+# before it 898-959 (seed 0, this test's: 943). At 100k they scored 505-908: too early for one threshold.
+FRAMES = 200_000
+LAST = 4  # evaluations averaged: one evaluation is 3 episodes, and a single bad one scores ~600
 
 
 @pytest.mark.slow
-def test_cartpole_preset_balances_by_100k_frames(tmp_path: Path) -> None:
+def test_cartpole_preset_balances_by_200k_frames(tmp_path: Path) -> None:
     run = fit_and_load(
         tmp_path,
         ["--config", REPO_ROOT / "conf" / "cartpole_balance.yaml", "--data.total_frames", str(FRAMES),
@@ -25,8 +28,9 @@ def test_cartpole_preset_balances_by_100k_frames(tmp_path: Path) -> None:
         timeout=3600,
     )  # fmt: skip
     returns = run.history("eval/return")
-    frames, final = returns[-1]
-    assert frames >= FRAMES
-    assert final >= THRESHOLD > NO_LEARNING_BEST, returns
-    # It balances: the pole is upright nearly all of the final evaluation episodes.
-    assert run.history("eval/reward_factor_upright")[-1][1] > 0.95
+    assert returns[-1][0] >= FRAMES
+    late = [value for _, value in returns[-LAST:]]
+    assert sum(late) / LAST >= THRESHOLD > NO_LEARNING_BEST, returns
+    # It balances: the pole is upright nearly all of the late evaluation episodes.
+    upright = [value for _, value in run.history("eval/reward_factor_upright")[-LAST:]]
+    assert sum(upright) / LAST > 0.95, upright

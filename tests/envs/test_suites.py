@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchrl.envs.utils import check_env_specs
 
-from helpers import run_hwm
+from helpers import fit_parser, run_hwm
 from hwm.envs.suites import SUITES, EnvConfig, make_suite_env, suite_options
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -306,25 +306,12 @@ def _config_sets() -> list[list[Path]]:
 
 
 def test_every_config_parses_and_names_a_valid_task(tmp_path, monkeypatch) -> None:
-    from hwm.cli import fit as cli
     from hwm.envs.atari import atari_game
     from hwm.envs.dmc import _parse_task
     from hwm.envs.metaworld import metaworld_tasks
 
-    class ParseOnly(cli.HwmCLI):
-        def instantiate_classes(self) -> None:  # the parser is all this test needs
-            pass
-
     monkeypatch.chdir(tmp_path)
-    parser = ParseOnly(
-        cli.HarmonyDreamAgent,
-        cli.ReplayDataModule,
-        run=False,
-        args=["--config", str(CONF / "tiny.yaml")],
-        save_config_callback=None,
-        parser_kwargs={"exit_on_error": False, "parser_mode": "omegaconf"},
-        auto_configure_optimizers=False,
-    ).parser
+    parser = fit_parser()
     sets = _config_sets()
     assert len(sets) >= 26 + 7 + 2 + 2
     seen = set()
