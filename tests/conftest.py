@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_CONFIG, LoggedRun, MlflowServer, cli_env, fit_and_load
+from helpers import TINY_CONFIG, LoggedRun, MlflowServer, cli_env, fit_and_load, write_episode_dataset
 
 # Before anything imports MuJoCo (hwm.cli sets the same default).
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -170,3 +170,15 @@ def run_notebook() -> Callable[..., ExecutedNotebook]:
         return ExecutedNotebook(nb.cells)
 
     return run
+
+
+@pytest.fixture
+def episode_dataset(tmp_path: Path) -> Path:
+    """Ten synthetic state-vector episodes of 21 rows (``helpers.write_episode_dataset``) under tmp_path/episodes."""
+    return write_episode_dataset(tmp_path / "episodes")
+
+
+@pytest.fixture
+def make_episode_dataset() -> Callable[..., Path]:
+    """``make_episode_dataset(folder, episodes=10, steps=20, pixels=False)``: ``helpers.write_episode_dataset``."""
+    return write_episode_dataset

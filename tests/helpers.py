@@ -23,6 +23,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "conf" / "tiny.yaml"
+OFFLINE_TINY_CONFIG = REPO_ROOT / "conf" / "offline_tiny.yaml"
 TINY_EXPERIMENT = "hwm-tiny"  # trainer.logger.init_args.experiment_name in conf/tiny.yaml
 CKPT_ROOT = "checkpoints"
 
@@ -332,21 +333,59 @@ def assert_same_training(a: dict, b: dict, tmp_path: Path) -> None:
             assert torch.equal(ra[key], rb[key]), key
 
 
-def fit_parser() -> Any:
+def fit_parser(offline: bool = False) -> Any:
     """`hwm fit`'s argument parser alone (nothing instantiated), built in the current folder, refusing bad
-    input with an exception instead of exiting: what tests that check configs and commands parse need."""
-    from hwm.cli import fit as cli
+    input with an exception instead of exiting: what tests that check configs and commands parse need.
+    ``offline``: the parser of `hwm fit --data.dataset` (a world model trained alone, hwm.cli.offline)."""
+    from hwm.cli.fit import HwmCLI
+    from hwm.cli.offline import OfflineCLI
 
-    class ParseOnly(cli.HwmCLI):
+    kind = OfflineCLI if offline else HwmCLI
+
+    class ParseOnly(kind):
         def instantiate_classes(self) -> None:  # the parser is all these tests need
             pass
 
+    config = (
+        ["--config", str(OFFLINE_TINY_CONFIG), "--data.dataset", "."]
+        if offline
+        else ["--config", str(TINY_CONFIG)]
+    )
     return ParseOnly(
-        cli.HarmonyDreamAgent,
-        cli.ReplayDataModule,
+        kind.model_class_default,
+        kind.data_class_default,
         run=False,
-        args=["--config", str(TINY_CONFIG)],
+        args=config,
         save_config_callback=None,
         parser_kwargs={"exit_on_error": False, "parser_mode": "omegaconf"},
         auto_configure_optimizers=False,
     ).parser
+
+
+def write_episode_dataset(folder: Path, episodes: int = 10, steps: int = 20, pixels: bool = False) -> Path:
+    """A folder of ``episodes`` synthetic episodes (``steps`` steps after the reset row) in the replay's chunk
+    format. Episode i's observations carry i in their first element (pixels: in every pixel of their first
+    row of the image) and its rewards grow with i, so episodes can be told apart and ranked by return."""
+    from tensordict import TensorDict
+
+    from hwm.data.episodes import write_episodes
+
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(episodes):
+        n = steps + 1
+        if pixels:
+            obs = torch.randint(0, 256, (n, 3, 64, 64), generator=gen, dtype=torch.uint8)
+            obs[:, :, 0, :] = i
+        else:
+            obs = torch.randn(n, 5, generator=gen)
+            obs[:, 0] = i
+        reward = (i + torch.rand(n, 1, generator=gen)) / episodes  # returns strictly grow with i
+        action = torch.rand(n, 1, generator=gen) * 2 - 1
+        reward[0], action[0] = 0.0, 0.0  # the reset row
+        flags = {k: torch.zeros(n, 1, dtype=torch.bool) for k in ("is_first", "is_last", "is_terminal")}
+        flags["is_first"][0] = flags["is_last"][-1] = True
+        key = "pixels" if pixels else "observation"
+        out.append(TensorDict({key: obs, "action": action, "reward": reward, **flags}, batch_size=[n]))
+    write_episodes(folder, out)
+    return folder

@@ -49,8 +49,12 @@ def test_the_docs_show_commands_of_every_tool() -> None:
 
 
 def test_every_fit_command_in_the_docs_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hwm.cli.offline import wants_offline
+
     monkeypatch.chdir(tmp_path)
     parser = fit_parser()
+    # `hwm fit --data.dataset ...` trains a world model alone (hwm.cli.offline): its own parser.
+    offline_parser = fit_parser(offline=True)
     monkeypatch.chdir(REPO)  # the commands name configs relative to the checkout
     from hwm.experiments import study
 
@@ -65,7 +69,7 @@ def test_every_fit_command_in_the_docs_parses(tmp_path: Path, monkeypatch: pytes
             i = args.index("--ckpt_path")
             args = args[:i] + args[i + 2 :]
         try:
-            parser.parse_args(args)
+            (offline_parser if wants_offline(args) else parser).parse_args(args)
         except Exception as exc:  # any refusal is the finding
             pytest.fail(f"{page}: hwm fit {shlex.join(args)}: {' '.join(str(exc).split())[:300]}")
 

@@ -60,6 +60,8 @@ TORCH_REQUIRES = ("filelock", "typing-extensions", "setuptools", "sympy", "netwo
 SELFCHECK_FILES = {
     "gpu_selfcheck.py": "tools/gpu_selfcheck.py",
     "throughput.py": "benchmarks/throughput.py",
+    # The harmonizer study on the GPU (docs/evidence.md): its script, the dataset recorder, the weightings.
+    **{f"{n}.py": f"benchmarks/{n}.py" for n in ("harmonizer_gpu", "harmonizer_dataset", "harmonizer_study")},
     **{
         f"conf/{n}": f"conf/{n}"
         for n in ("dmc_cheetah.yaml", "dmc_cheetah_v3.yaml", "tiny.yaml", "tiny_v3.yaml")

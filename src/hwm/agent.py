@@ -14,7 +14,14 @@ from torch import Tensor, nn
 from hwm.envs.common import EnvInfo
 from hwm.models import presets
 from hwm.models.actor_critic import ActorCritic
-from hwm.models.harmonizer import Harmonizer, HarmonizerMode
+from hwm.models.gradnorm import task_gradient_norms
+from hwm.models.harmonizer import (
+    Harmonizer,
+    HarmonizerMode,
+    HarmonizerOptimizer,
+    check_harmonizer_precision,
+    world_model_optimizers,
+)
 from hwm.models.policy import DreamerPolicy
 from hwm.models.presets import Base, Size
 from hwm.models.world_model import WorldModel
@@ -45,11 +52,17 @@ class HarmonyDreamAgent(L.LightningModule):
             null: the base's class.
         actor_critic: the actor-critic class and its settings (``ActorCritic(feat_dim, action_dim, discrete)``);
             null: the base's class.
-        harmonizer_mode: ``rectified`` (paper), ``unrectified``, ``fixed`` (the base's weights times
-            ``harmonizer_weights``) or ``off`` (the base's weights).
-        harmonizer_weights: constant per-task weights for ``fixed`` mode (obs, reward, dynamics).
+        harmonizer_mode: ``rectified`` (paper), ``unrectified``, ``gradnorm`` (GradNorm's gradient-norm
+            balancing), ``fixed`` (the base's weights times ``harmonizer_weights``) or ``off`` (the base's
+            weights).
+        harmonizer_weights: constant per-task weights for ``fixed`` mode (obs, reward, dynamics); ``{obs: 0}``
+            is a reward-only model.
+        harmonizer_optimizer: how the learnable harmonizers are stepped: ``adam`` (inside the world-model
+            optimizer, as the paper) or ``sgd`` (an optimizer of their own; not with ``16-mixed``).
+        harmonizer_lr: the harmonizers' learning rate (null: ``model_lr``).
+        gradnorm_alpha: GradNorm's asymmetry (0: equal weighted gradient norms).
         continue_scale: fixed weight of the continue loss, which is never harmonized.
-        model_lr, actor_lr, critic_lr: Adam learning rates; the harmonizers use ``model_lr``.
+        model_lr, actor_lr, critic_lr: Adam learning rates.
         eps, model_eps: Adam epsilon of the actor and critic, and of the world model (null: ``eps``).
         weight_decay: L2 weight decay of all three optimizers (Adam's, added to the gradients).
         grad_clip, model_grad_clip: gradient-norm clip of the actor and critic, and of the world model
@@ -82,6 +95,9 @@ class HarmonyDreamAgent(L.LightningModule):
         actor_critic: Callable[[int, int, bool], ActorCritic] | None = None,
         harmonizer_mode: HarmonizerMode = "rectified",
         harmonizer_weights: dict[str, float] | None = None,
+        harmonizer_optimizer: HarmonizerOptimizer = "adam",
+        harmonizer_lr: float | None = None,
+        gradnorm_alpha: float = 1.5,
         continue_scale: float = 1.0,
         model_lr: float | None = None,
         actor_lr: float | None = None,
@@ -129,7 +145,9 @@ class HarmonyDreamAgent(L.LightningModule):
             mode=harmonizer_mode,
             weights=harmonizer_weights,
             regularizer_scales=self.world_model.regularizer_scales,
+            gradnorm_alpha=gradnorm_alpha,
         )
+        self.harmonizer_optimizer, self.harmonizer_lr = harmonizer_optimizer, harmonizer_lr
         self.eval_sample = presets.EVAL_SAMPLE[base] if eval_sample is None else eval_sample
         self.continue_scale = continue_scale
         optim = presets.optimizer_settings(
@@ -191,16 +209,24 @@ class HarmonyDreamAgent(L.LightningModule):
     # -- training -----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         def adam(params: list[nn.Parameter], lr: float, eps: float) -> torch.optim.Optimizer:
-            # Adam with L2 weight decay added to the gradient (not AdamW's decoupled decay), as the authors'
-            # PyTorch DreamerV2; DreamerV3 has no weight decay, where the two are the same.
+            # L2 weight decay added to the gradient, as the world model's (world_model_optimizers).
             return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=self.weight_decay)
 
-        # The harmonizers join the world-model optimizer, as in the paper's code.
-        model_params = list(self.world_model.parameters()) + list(self.harmonizer.parameters())
+        check_harmonizer_precision(self.harmonizer_optimizer, str(self.trainer.precision))
+        model, *harmonizer = world_model_optimizers(
+            self.world_model,
+            self.harmonizer,
+            lr=self.model_lr,
+            eps=self.model_eps,
+            weight_decay=self.weight_decay,
+            harmonizer_optimizer=self.harmonizer_optimizer,
+            harmonizer_lr=self.harmonizer_lr,
+        )
         return [
-            adam(model_params, self.model_lr, self.model_eps),
+            model,
             adam(list(self.actor_critic.actor.parameters()), self.actor_lr, self.eps),
             adam(list(self.actor_critic.critic.parameters()), self.critic_lr, self.eps),
+            *harmonizer,  # SGD: the harmonizers' own optimizer, stepped with the world model's
         ]
 
     def training_step(self, dataloader_iter: Iterator[tuple[TensorDictBase, int, int]]) -> None:
@@ -210,15 +236,20 @@ class HarmonyDreamAgent(L.LightningModule):
         # Lightning re-arms DDP's reducer around every step; three backward passes need it off.
         disable_ddp_reducer(self.trainer.strategy.model)
         optimizers = self.optimizers()
-        assert isinstance(optimizers, list), "configure_optimizers() returns three"
-        model_opt, actor_opt, critic_opt = optimizers
+        assert isinstance(optimizers, list), "configure_optimizers() returns three or four"
+        model_opt, actor_opt, critic_opt, *harmonizer_opt = optimizers
 
         with self.timer("world_model"):
             losses, posterior, wm_metrics = self.world_model.loss(batch)
             with self.timer("harmonizer"):
-                harmonized, harmony_metrics = self.harmonizer(self._harmonizer_inputs(losses))
+                inputs = self._harmonizer_inputs(losses)
+                norms = None
+                if self.harmonizer.needs_grad_norms:
+                    tasks = {t: inputs[t] for t in self.harmonizer.tasks}
+                    norms = task_gradient_norms(tasks, self.world_model.shared_parameters())
+                harmonized, harmony_metrics = self.harmonizer(inputs, norms)
             model_loss = harmonized + self.continue_scale * losses["continue"]
-            self._step(model_opt, model_loss, "model")
+            self._step(model_opt, model_loss, "model", *harmonizer_opt)
 
         with self.timer("actor_critic"):
             ac_losses, ac_metrics = self.actor_critic.loss(self.world_model, posterior)
@@ -257,27 +288,37 @@ class HarmonyDreamAgent(L.LightningModule):
         """Learnable harmonizers see the tasks as the world model defines them; the fixed and off modes add
         the base's own weights (DreamerV3: dynamics 0.5 + representation 0.1, i.e. 0.6 on the normalised KL
         task), so that ``off`` is the plain base."""
-        if self.harmonizer.log_sigma is not None:
+        if self.harmonizer.learnable:
             return losses
         scales = self.world_model.task_scales
         return {k: v * scales.get(k, 1.0) for k, v in losses.items()}
 
-    def _step(self, optimizer: Any, loss: Tensor, name: str) -> None:
-        optimizer.zero_grad(set_to_none=True)
+    def _step(self, optimizer: Any, loss: Tensor, name: str, *also: Any) -> None:
+        """One backward of ``loss``, then a step of ``optimizer`` and of ``also`` (the harmonizers' own
+        optimizer, when they have one), or of none of them when the loss or a gradient is not finite."""
+        optimizers = (optimizer, *also)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         self._stepping = name
         # Under 16-mixed the gradients are still scaled here and the grad scaler skips non-finite steps
         # itself (lowering its scale): skipping before it would keep the scale too high forever.
         if not str(self.trainer.precision).startswith("16"):
-            params = [p for group in optimizer.optimizer.param_groups for p in group["params"]]
+            params = [
+                p for opt in optimizers for group in opt.optimizer.param_groups for p in group["params"]
+            ]
             ok = bool(finite(loss, params))  # one host sync per optimizer step
             if self.trainer.world_size > 1:  # every process skips, or none: their weights stay equal
                 ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
             self.nonfinite.record(name, ok, self.updates)
             if not ok:
-                optimizer.zero_grad(set_to_none=True)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
                 return
         optimizer.step()
+        for opt in also:
+            self._stepping = "harmonizer"
+            opt.step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after unscaling fp16 gradients, so the clip sees their true norm.
@@ -285,7 +326,8 @@ class HarmonyDreamAgent(L.LightningModule):
         average_gradients(params)  # DDP: the mean over processes, before clipping (a no-op otherwise)
         if params:
             limit = self.model_grad_clip if self._stepping == "model" else self.grad_clip
-            limit = limit if limit > 0 else float("inf")
+            # The harmonizers' own optimizer is not clipped (inside the world model's, they share its clip).
+            limit = limit if limit > 0 and self._stepping != "harmonizer" else float("inf")
             self._grad_norms[self._stepping] = torch.nn.utils.clip_grad_norm_(params, limit)
 
     def on_train_epoch_end(self) -> None:

@@ -91,7 +91,7 @@ def test_fixed_and_off_have_no_parameters_and_extra_keys_are_ignored() -> None:
 
 
 def test_bad_input_is_rejected_clearly() -> None:
-    with pytest.raises(ValueError, match="rectified, unrectified, fixed, off"):
+    with pytest.raises(ValueError, match="rectified, unrectified, gradnorm, fixed, off"):
         Harmonizer(TASKS, mode="learned")
     with pytest.raises(ValueError, match="unknown tasks"):
         Harmonizer(TASKS, mode="fixed", weights={"image": 1.0})

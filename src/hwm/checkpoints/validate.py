@@ -18,6 +18,7 @@ from hwm.checkpoints.io import CheckpointError
 # under model/data/seed_everything changes what the run learns or what its replay holds.
 SAFE_KEYS = (
     "data.total_frames",
+    "data.total_updates",  # a world model trained from a dataset (hwm.cli.offline)
     "data.eval_every",
     "data.eval_episodes",
     "data.eval_envs",

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import lightning as L
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -40,18 +41,24 @@ class HwmCLI(LightningCLI):
 
     # The signal after which Lightning's SLURM environment (auto_requeue) requeues the job; None: no requeue.
     requeue_signal: signal.Signals | None = None
+    # The run's classes: ``model``, ``data`` and the progress bar (hwm.cli.offline's subclass trains a world
+    # model alone from a dataset); ``run_kind`` is recorded with every checkpoint.
+    model_class_default: type[L.LightningModule] = HarmonyDreamAgent
+    data_class_default: type[L.LightningDataModule] = ReplayDataModule
+    progress_bar_class: type[FrameProgressBar] = FrameProgressBar
+    run_kind = "agent"
     # The callbacks the trainer was given.
     run_callbacks: list[Callback]
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # hwm's own classes first, Lightning's Trainer last (add_arguments_to_parser): `hwm fit --help` then
         # leads with hwm's options instead of ~360 lines of Trainer options.
-        parser.add_lightning_class_args(HarmonyDreamAgent, "model")
-        parser.add_lightning_class_args(ReplayDataModule, "data")
+        parser.add_lightning_class_args(self.model_class_default, "model")
+        parser.add_lightning_class_args(self.data_class_default, "data")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         link(parser)
-        parser.add_lightning_class_args(FrameProgressBar, "progress_bar")
+        parser.add_lightning_class_args(self.progress_bar_class, "progress_bar")
         parser.add_lightning_class_args(PeriodicCheckpoint, "checkpoint")
         parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(TrackingBuffer, "tracking")
@@ -121,6 +128,20 @@ class HwmCLI(LightningCLI):
     def data(self) -> ReplayDataModule:
         assert isinstance(self.datamodule, ReplayDataModule)
         return self.datamodule
+
+    @property
+    def stream_finished(self) -> bool:
+        """Whether the run spent its whole budget (else it stopped early)."""
+        return self.data.stream_finished
+
+    def run_tags(self) -> dict[str, str]:
+        """Tags of the run's MLflow record besides the source's."""
+        return {
+            "harmonizer_mode": self.agent.harmonizer.mode,
+            "base": self.agent.base,
+            "task": self.data.env_config.task,
+            "suite": self.data.env_config.suite,
+        }
 
     def config_yaml(self) -> str:
         return self.parser.dump(self.config, skip_none=False, skip_check=True)
@@ -228,7 +249,7 @@ def held_logs(*names: str) -> Iterator[None]:
         log.handle(record)
 
 
-def build_cli(args: Sequence[str]) -> HwmCLI:
+def build_cli(args: Sequence[str], cli_class: type[HwmCLI] = HwmCLI) -> HwmCLI:
     """Parses, instantiates and wires; raises ConfigError for anything the user got wrong."""
     # main() hands LightningCLI the args after the subcommand on purpose.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -239,9 +260,9 @@ def build_cli(args: Sequence[str]) -> HwmCLI:
     warnings.filterwarnings("ignore", message=r"You are using the `dataloader_iter` step flavor")
     try:
         with held_logs(SEED_LOG):
-            cli = HwmCLI(
-                HarmonyDreamAgent,
-                ReplayDataModule,
+            cli = cli_class(
+                cli_class.model_class_default,
+                cli_class.data_class_default,
                 run=False,
                 args=list(args),
                 save_config_callback=None,

@@ -91,6 +91,10 @@ def fit(args: list[str]) -> int:
     # retries on its own (without holding up training), so each call may fail fast.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    from hwm.cli.offline import wants_offline
+
+    if wants_offline(args):  # a world model alone, from a saved dataset (--data.dataset)
+        return fit_offline(args)
     from hwm.checkpoints.io import CheckpointError
     from hwm.checkpoints.lock import RunFolderLocked
     from hwm.cli.errors import ConfigError
@@ -134,6 +138,48 @@ def fit(args: list[str]) -> int:
     except KeyboardInterrupt:
         # A Ctrl-C after the run has ended and said how (its summary cut short): the status stands.
         print(f"\nhwm: interrupted; exit status {status}", file=sys.stderr)
+        return status
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def fit_offline(args: list[str]) -> int:
+    """`hwm fit --data.dataset`: a world model from a dataset (``hwm.cli.offline``): build (or resume),
+    record, train, sum up."""
+    from hwm.checkpoints.io import CheckpointError
+    from hwm.checkpoints.lock import RunFolderLocked
+    from hwm.checkpoints.validate import describe
+    from hwm.cli.errors import ConfigError
+    from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
+    from hwm.cli.offline import build_or_resume, summary_lines
+    from hwm.cli.stopping import train
+    from hwm.data.offline import OfflineDataModule
+    from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
+
+    try:
+        with held_logs(SEED_LOG, RANK_ZERO_LOG):
+            cli, resume = build_or_resume(args)
+        if resume is not None:
+            counters = resume.checkpoint.get(OfflineDataModule.__qualname__, {}).get("counters", {})
+            print(
+                f"hwm: resuming MLflow run {resume.meta['run_id']} from {resume.path} "
+                f"({int(counters.get('updates', 0))} updates)"
+                + (f"; overrides applied: {describe(resume.applied)}" if resume.applied else ""),
+                file=sys.stderr,
+            )
+        lock, run_id = start_run(cli, resume)
+    except (ConfigError, CheckpointError, RunFolderLocked) as exc:
+        print(f"hwm fit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nhwm: interrupted before training started; nothing to save", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        size_threads(cli.trainer)
+        status = train(cli, resume)
+        if status in (0, EXIT_PREEMPTED):
+            print("\n".join(summary_lines(cli, run_id)), file=sys.stderr)
         return status
     finally:
         if lock is not None:
@@ -202,12 +248,7 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str |
     config = cli.config_yaml()
     run_id = None
     if cli.trainer.is_global_zero:
-        tags = {
-            "harmonizer_mode": cli.agent.harmonizer.mode,
-            "base": cli.agent.base,
-            "task": cli.data.env_config.task,
-            "suite": cli.data.env_config.suite,
-        }
+        tags = cli.run_tags()
         record = None if resume is None else ResumeRecord(resume.number, resume.path, resume.applied)
         run_id = log_run(
             cli.trainer.logger, config, tags=tags, seed=cli.config.get("seed_everything"), resume=record
@@ -222,7 +263,13 @@ def start_run(cli: HwmCLI, resume: Resume | None) -> tuple[RunLock | None, str |
         if cli.trainer.is_global_zero:
             lock = RunLock(run_dir).acquire()
     tracking = cli.config.get("trainer.logger.init_args.tracking_uri") if run_id is not None else None
-    info = {"run_id": run_id, "tracking_uri": tracking, "slurm_job": slurm_job_id(), "config": config}
+    info = {
+        "run_id": run_id,
+        "tracking_uri": tracking,
+        "slurm_job": slurm_job_id(),
+        "kind": cli.run_kind,
+        "config": config,
+    }
     # Each checkpoint's sidecar names its run's task and experiment: what `--ckpt_path last` matches.
     info |= run_identity(yaml.safe_load(config))
     wire_run_folder(cli.callbacks, run_dir, info)

@@ -40,6 +40,7 @@ from hwm.config.prescan import (
     split_config_files,
 )
 from hwm.data.datamodule import ReplayDataModule
+from hwm.data.offline import OfflineDataModule
 from hwm.training.tracking_buffer import TrackingBuffer
 
 RUN_ID_KEY = "--trainer.logger.init_args.run_id"
@@ -78,8 +79,13 @@ class Resume:
 
 
 def datamodule_state(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The data module's state in a Lightning checkpoint (Lightning keys it by the class's qualname)."""
-    return checkpoint.get(ReplayDataModule.__qualname__)
+    """The data module's state in a Lightning checkpoint (Lightning keys it by the class's qualname): an
+    agent's replay stream, or a world model's dataset (hwm.cli.offline)."""
+    for data_class in (ReplayDataModule, OfflineDataModule):
+        state = checkpoint.get(data_class.__qualname__)
+        if state is not None:
+            return state
+    return None
 
 
 def load_for_resume(path: Path) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def _fit(cli: HwmCLI, resume: Resume | None) -> int:
             raise
         return _report(cli, reason, preemption.saved)
     reason = preemption.stops.reason
-    if reason is None or cli.data.stream_finished:
+    if reason is None or cli.stream_finished:
         return 0
     return _report(cli, reason, preemption.saved)
 

@@ -24,7 +24,9 @@ from hwm.checkpoints.callback import PeriodicCheckpoint
 from hwm.checkpoints.io import AtomicCheckpointIO
 from hwm.checkpoints.preemption import Preemption
 from hwm.data.datamodule import ReplayDataModule
-from hwm.training.progress import FrameProgressBar
+from hwm.data.offline import OfflineDataModule
+from hwm.learner import WorldModelLearner
+from hwm.training.progress import FrameProgressBar, UpdateProgressBar
 from hwm.training.tracking_buffer import TrackingBuffer
 
 C = TypeVar("C", bound=Callback)
@@ -32,7 +34,8 @@ C = TypeVar("C", bound=Callback)
 
 def link(parser: LightningArgumentParser) -> None:
     """What one object's constructor takes from another: the env's facts (shapes, discrete actions), which
-    the data module probes, become the agent's network shapes."""
+    the data module probes (or reads off a saved dataset), become the agent's (or the learner's) network
+    shapes."""
     parser.link_arguments("data.env_info", "model.env_info", apply_on="instantiate")
 
 
@@ -79,6 +82,29 @@ def wire(
         callbacks.progress_bar.attach(data, agent, callbacks.tracking)
 
 
+def wire_offline(
+    learner: WorldModelLearner,
+    data: OfflineDataModule,
+    logger: Logger | None,
+    callbacks: RunCallbacks,
+    requeue_signal: signal.Signals | None,
+) -> None:
+    """A world model trained from a dataset (``hwm.cli.offline``): the learner takes the agent's place (it
+    has no policy to hand the data), the data module scores its held-out windows with the learner, and the
+    progress bar counts updates against the dataset run's budget."""
+    stops = callbacks.preemption.stops
+    learner.attach(stream=data, stops=stops, sink=callbacks.tracking)
+    data.attach_scorer(learner)
+    callbacks.tracking.attach(logger, stops)
+    callbacks.preemption.attach(data, learner, callbacks.checkpoint, requeue_signal=requeue_signal)
+    if callbacks.checkpoint is not None:
+        callbacks.checkpoint.attach(data, learner, stops)
+    if callbacks.progress_bar is not None:
+        callbacks.progress_bar.attach(data, learner, callbacks.tracking)
+        if isinstance(callbacks.progress_bar, UpdateProgressBar):  # hwm.cli.offline's bar
+            callbacks.progress_bar.set_budget(data.total_updates)
+
+
 def wire_run_folder(callbacks: RunCallbacks, run_dir: Path, run_info: dict[str, Any]) -> None:
     """Once the MLflow run exists: where the checkpoints go, and what each records about the run."""
     if callbacks.checkpoint is not None:
@@ -86,7 +112,7 @@ def wire_run_folder(callbacks: RunCallbacks, run_dir: Path, run_info: dict[str, 
 
 
 def wire_resume(
-    agent: HarmonyDreamAgent,
+    agent: HarmonyDreamAgent | WorldModelLearner,
     callbacks: RunCallbacks,
     io: Any,
     path: Path,

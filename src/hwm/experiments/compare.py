@@ -181,6 +181,30 @@ def compare(
     return Comparison(runs, stats, table, files)
 
 
+def tables_at(runs: Sequence[RunCurve], args: argparse.Namespace) -> list[Path]:
+    """``--at-frames``: the comparison of each run's value at (the last step at or before) each N."""
+    files = []
+    metric = args.metric or DEFAULT_METRIC
+    for frames in args.at_frames:
+        at = [r.until(frames) for r in runs if r.steps[0] <= frames]
+        if not at:
+            print(f"\nat {frames}: no run logged {metric} that early", file=sys.stderr)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the few-runs warnings were given for the final values
+            stats = summarize(at, reps=args.reps, seed=args.seed)
+        print(f"\nat {frames} (each run's last {metric} at or before it):")
+        print(format_table(stats, group_by=args.group_by, metric=metric))
+        summary = {
+            "metric": metric,
+            "group_by": args.group_by,
+            "at": frames,
+            "groups": [asdict(s) for s in stats],
+        }
+        files.append(write_file(Path(args.out) / f"summary_at_{frames}.json", json.dumps(summary, indent=2)))
+    return files
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hwm compare",
@@ -209,6 +233,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="compare", help="folder for summary.json, table.txt, curves.png, iqm.png")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--at-frames",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also a table per N of each run's last value at or before step N (env frames; updates for a "
+        "world model trained from a dataset), written to summary_at_N.json",
+    )
     p.add_argument("--log-to-mlflow", action="store_true", help="log the plots to a summary run")
     p.add_argument(
         "--across-tasks",
@@ -278,7 +311,8 @@ def main(argv: Sequence[str]) -> int:
         f"{args.experiment}: {n} run{'s' * (n != 1)} with {args.metric or DEFAULT_METRIC}, grouped by {args.group_by}"
     )
     print(result.table)
-    print("wrote " + ", ".join(str(f) for f in result.files))
+    files = [*result.files, *tables_at(result.runs, args)]
+    print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 

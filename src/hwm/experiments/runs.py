@@ -43,6 +43,23 @@ class RunCurve:
     def best(self) -> float:
         return float(self.values.max())
 
+    def until(self, frames: int) -> RunCurve:
+        """The run as it stood at ``frames``: its values logged at or before that step."""
+        keep = self.steps <= frames
+        if not keep.any():
+            raise ValueError(f"run {self.name!r} logged nothing at or before {frames}")
+        steps = self.steps[keep]
+        return RunCurve(
+            self.run_id,
+            self.name,
+            self.group,
+            steps,
+            self.values[keep],
+            int(steps[-1]),
+            self.task,
+            self.suite,
+        )
+
 
 @dataclass
 class GroupStats:

@@ -149,12 +149,23 @@ class WorldModel(L.LightningModule):
         """Weights of the harmonizers' regularisers log(1 + sigma) per task (1 where absent)."""
         return {}
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """What GradNorm measures each task's gradient on: the RSSM's recurrent cell, which every harmonized
+        task's gradient passes through (the decoder and reward head read its state, the KL its prior and
+        posterior), and the last layer all of them share."""
+        return list(self.rssm.cell.parameters())
+
     @staticmethod
     def feat(state: State) -> Tensor:
         return torch.cat(state, -1)
 
     def encode(self, obs: Tensor) -> Tensor:
         return self.encoder(obs if self.pixels else obs.to(torch.get_default_dtype()))
+
+    def decoder_target(self, obs: Tensor) -> Tensor:
+        """What the decoder's mean predicts for an observation: pixels scaled to [-0.5, 0.5], vectors as
+        they are."""
+        return obs.float() / 255.0 - 0.5 if self.pixels else obs.float()
 
     def reward(self, feat: Tensor) -> Tensor:
         """Predicted reward [...] (no trailing dim) of features [..., F]."""

@@ -109,6 +109,9 @@ class WorldModelV3(WorldModel):
             return self.encoder(obs)
         return self.encoder(symlog(obs.to(torch.get_default_dtype())))
 
+    def decoder_target(self, obs: Tensor) -> Tensor:
+        return obs.float() / 255.0 - 0.5 if self.pixels else symlog(obs.float())
+
     def reward(self, feat: Tensor) -> Tensor:
         return self.twohot.mean(self.reward_head(feat))
 

@@ -21,6 +21,13 @@ LIGHTNING_LOG = "lightning.pytorch"
 class FrameProgressBar(TQDMProgressBar):
     """Shows env frames against the budget, updates, and the latest training and evaluation returns."""
 
+    UNIT = "frame"
+    # (logged metric, label, format) shown beside the bar once the agent has a value.
+    SHOWN: tuple[tuple[str, str, str], ...] = (
+        ("train/episode_return", "return", ".1f"),
+        ("eval/return", "eval", ".1f"),
+    )
+
     def __init__(self, refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self._stream: Stream = unwired("FrameProgressBar", "the data stream")
@@ -37,16 +44,21 @@ class FrameProgressBar(TQDMProgressBar):
         self._stream, self._agent, self._tracking = stream, agent, tracking
 
     def _frames(self) -> int:
+        """Where the bar stands."""
         return int(self._stream.counters.get("env_frames", 0))
+
+    def _total(self) -> int:
+        """The bar's end (0: unknown)."""
+        return self._stream.total_frames
 
     def init_train_tqdm(self) -> Tqdm:
         # Built with its final description, unit and total: tqdm prints on creation and on every reset, so
         # the parent's "Training: 0/?" bar re-labelled "Epoch 0" would print two empty bars first.
         return Tqdm(
             desc="hwm fit",
-            total=self._stream.total_frames or None,
+            total=self._total() or None,
             initial=self._frames(),
-            unit="frame",
+            unit=self.UNIT,
             position=(2 * self.process_position),
             disable=self.is_disabled,
             leave=True,
@@ -81,10 +93,10 @@ class FrameProgressBar(TQDMProgressBar):
         bar.n = self._frames()
         postfix: dict[str, Any] = {"updates": self._agent.updates}
         shown = self._agent.bar_metrics
-        for key, label in (("train/episode_return", "return"), ("eval/return", "eval")):
+        for key, label, spec in self.SHOWN:
             value = shown.get(key)
             if value is not None:
-                postfix[label] = f"{value:.1f}"
+                postfix[label] = format(value, spec)
         if self._tracking.offline:
             postfix["tracking"] = f"offline, {self._tracking.buffered} steps buffered"
         bar.set_postfix(postfix, refresh=False)
@@ -111,3 +123,25 @@ class FrameProgressBar(TQDMProgressBar):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._redirect.close()  # the error's own lines print as usual
+
+
+class UpdateProgressBar(FrameProgressBar):
+    """Counts updates against the run's budget of updates (a world model trained from a dataset), with the
+    latest held-out errors."""
+
+    UNIT = "update"
+    SHOWN = (("heldout/reward_mse", "reward mse", ".4g"), ("heldout/obs_mse", "obs mse", ".4g"))
+
+    def __init__(self, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self._budget = 0
+
+    def set_budget(self, updates: int) -> None:
+        """The run's budget of updates, the bar's end."""
+        self._budget = updates
+
+    def _frames(self) -> int:
+        return self._agent.updates
+
+    def _total(self) -> int:
+        return self._budget

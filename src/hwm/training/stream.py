@@ -8,6 +8,8 @@ A run's objects talk along these lines (the CLI hands each its collaborators, ``
 - counters, metrics, recorded episodes and timings come *up*: the agent, the checkpoint callback and the
   progress bar read them from the data module (:class:`Stream`, :class:`CheckpointedStream`);
 - the agent's own counters and bar metrics go to the callbacks (:class:`AgentProgress`).
+- a saved dataset's held-out episodes are scored *across*: the offline data module scores them with the
+  learner's world model (:class:`HeldOutScorer`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from hwm.training.timing import Stopwatch
 
 if TYPE_CHECKING:
+    from tensordict import TensorDictBase
+    from torch import Tensor
+
     from hwm.models.policy import DreamerPolicy
     from hwm.training.media import EvalEpisode
 
@@ -106,6 +111,20 @@ class AgentProgress(Protocol):
     @property
     def bar_metrics(self) -> Mapping[str, float]:
         """The latest training and evaluation returns, for the progress bar."""
+        ...
+
+
+# The per-step errors a HeldOutScorer returns for a [B, T] batch of held-out windows, each [B, T].
+REWARD_ERROR, OBS_ERROR, KL = "reward_sq_error", "obs_sq_error", "kl"
+
+
+class HeldOutScorer(Protocol):
+    """What a dataset's held-out episodes are scored with (training a world model from a dataset): the
+    learner's world model, handed to the data module, which owns the held-out data and the schedule."""
+
+    def heldout_errors(self, batch: TensorDictBase) -> dict[str, Tensor]:
+        """Per-step errors [B, T]: ``reward_sq_error`` (the reward head's mean against the reward),
+        ``obs_sq_error`` (the decoder's mean, averaged over the observation's elements) and ``kl``."""
         ...
 
 
