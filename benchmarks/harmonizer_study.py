@@ -121,11 +121,14 @@ def export_run(workdir: Path, weighting: str, seed: int) -> dict[str, Any] | Non
         return None
     found = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.weighting = '{weighting}' and tags.seed = '{seed}' and attributes.status = 'FINISHED'",
+        # By name: the tag of weighting "off" is read as YAML's false on the command line (it arrives as "0").
+        filter_string=f"attributes.run_name = '{run_name(weighting, seed)}' and attributes.status = 'FINISHED'",
     )
     if not found:
         return None
     run = found[0]
+    if run.data.tags.get("weighting") != weighting:  # what hwm compare --group-by tags.weighting reads
+        client.set_tag(run.info.run_id, "weighting", weighting)
     metrics = {}
     for key in EXPORTED:
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)

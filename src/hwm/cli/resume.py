@@ -185,7 +185,7 @@ def _store_has_step(
 ) -> bool:
     """Whether the run's MLflow store has ``step`` (of ``progress/env_frames``, logged at every step). False
     where the store cannot say (no MLflow run, or unreachable)."""
-    run_id = checkpoint[HWM_KEY].get("run_id")
+    run_id = checkpoint.get(HWM_KEY, {}).get("run_id")
     logger = (saved.get("trainer") or {}).get("logger")
     uri = flag_value(overrides, "--trainer.logger.init_args.tracking_uri")
     if uri is None and isinstance(logger, dict):
