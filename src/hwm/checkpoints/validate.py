@@ -45,7 +45,15 @@ UNSAFE_KEYS = (
 # Present in a parsed config but not part of the run's definition.
 IGNORED_KEYS = ("config", "ckpt_path", "print_config")
 # Keys added after checkpoints were already being written: a checkpoint without one ran with this value.
-ADDED_KEYS: dict[str, Any] = {"data.num_envs": 1, "data.parallel_envs": True, "data.eval_envs": 1}
+ADDED_KEYS: dict[str, Any] = {
+    "data.num_envs": 1,
+    "data.parallel_envs": True,
+    "data.eval_envs": 1,
+    # The harmonizers' own optimizer and GradNorm: before them, Adam inside the world model's optimizer.
+    "model.harmonizer_optimizer": "adam",
+    "model.harmonizer_lr": None,
+    "model.gradnorm_alpha": 1.5,
+}
 
 
 def resolve_ckpt_path(value: str, root: str | os.PathLike = "checkpoints") -> Path:
