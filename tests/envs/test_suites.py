@@ -311,12 +311,15 @@ def test_every_config_parses_and_names_a_valid_task(tmp_path, monkeypatch) -> No
     from hwm.envs.metaworld import metaworld_tasks
 
     monkeypatch.chdir(tmp_path)
-    parser = fit_parser()
+    parser, offline_parser = fit_parser(), fit_parser(offline=True)
     sets = _config_sets()
     assert len(sets) >= 26 + 7 + 2 + 2
     seen = set()
     for files in sets:
         args = [a for f in files for a in ("--config", str(f))]
+        if files[-1].name.startswith("offline_"):  # a world model trained from a dataset: no env to name
+            offline_parser.parse_args([*args, "--data.dataset", str(tmp_path)])
+            continue
         data = parser.parse_args(args).data
         suite, task = data.suite, data.task
         assert suite in SUITES, files

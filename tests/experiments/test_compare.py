@@ -227,7 +227,7 @@ def test_compare_any_metric_and_groups_of_one_run(study: TinyStudy, tmp_path: Pa
             ["--metric", "eval/success_rate"],
             "no run of 'hwm-tiny' logged the metric 'eval/success_rate'; available",
         ),
-        (["--group-by", "model.harmonizer"], "did you mean model.harmonizer_mode"),
+        (["--group-by", "model.harmonizer"], "did you mean model.harmonizer_lr, model.harmonizer_mode"),
         (["--study", "other"], "has no runs of study 'other'"),
         (
             ["--out", "/dev/null/compare"],

@@ -99,11 +99,14 @@ def fit(args: list[str]) -> int:
     from hwm.checkpoints.lock import RunFolderLocked
     from hwm.cli.errors import ConfigError
     from hwm.cli.fit import RANK_ZERO_LOG, SEED_LOG, held_logs
+    from hwm.cli.preflight import new_sqlite_store, remove_new_store
     from hwm.cli.resume import NothingToTrain, build_or_resume
     from hwm.cli.summary import budget_notice
     from hwm.config.prescan import flag_value
+    from hwm.experiments.tracking import DEFAULT_URI
     from hwm.training.stop import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
+    new_store = new_sqlite_store(args, DEFAULT_URI)
     try:
         # Nothing Lightning says while building should precede a one-line error.
         with held_logs(SEED_LOG, RANK_ZERO_LOG):
@@ -117,6 +120,7 @@ def fit(args: list[str]) -> int:
             print(notice, file=sys.stderr)
         lock, run_id = start_run(cli, resume)
     except (ConfigError, CheckpointError, RunFolderLocked) as exc:
+        remove_new_store(new_store)  # a refused run leaves nothing behind
         print(f"hwm fit: error: {exc}", file=sys.stderr)
         return 2
     except NothingToTrain as exc:

@@ -109,3 +109,27 @@ def check_accelerator(args: Sequence[str]) -> None:
         f"--trainer.accelerator {accelerator}: {why}; train on the CPU with --trainer.accelerator cpu, or "
         "--trainer.accelerator auto (a GPU where there is one)"
     )
+
+
+def new_sqlite_store(args: Sequence[str], default_uri: str) -> Path | None:
+    """The run's sqlite store if it does not exist yet (a run refused while being built removes it again:
+    MLflow's logger creates the file as it is constructed, before every option has been checked)."""
+    if str(last_value(args, "trainer.logger", "")).lower() in ("false", "none"):
+        return None
+    database = sqlite_path(str(last_value(args, "trainer.logger.init_args.tracking_uri") or default_uri))
+    return None if database is None or database.exists() else database.absolute()
+
+
+def remove_new_store(database: Path | None) -> None:
+    """Removes a store ``new_sqlite_store`` found missing, if it holds no run (an empty, just-made file)."""
+    if database is None or not database.exists():
+        return
+    import sqlite3
+
+    try:
+        with sqlite3.connect(database) as db:
+            runs = db.execute("select count(*) from runs").fetchone()[0]
+    except sqlite3.Error:
+        runs = 0  # tables not made yet
+    if runs == 0:
+        database.unlink(missing_ok=True)

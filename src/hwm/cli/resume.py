@@ -157,6 +157,8 @@ def check_budget_left(checkpoint: dict[str, Any], saved: dict[str, Any], overrid
     """Raises NothingToTrain when the budget (a ``--data.total_frames`` given now, else the checkpoint's) is
     spent: answered at once instead of after building the whole run. Not when the checkpoint holds metrics
     the tracking server never got: resuming the run is how they are sent (docs/reliability.md)."""
+    if [a for a in overrides if a.startswith("--") and not a.startswith("--data.total_frames")]:
+        return  # other changes: the full check says whether they may apply (a refusal tells more)
     # Metrics the checkpoint holds unsent (queued for the server, or its last step, written after it) may
     # have reached the store after it was taken: then there is nothing left to send.
     unsent = checkpoint.get("callbacks", {}).get(TrackingBuffer.__qualname__, {}).get("unsent") or []
