@@ -4,7 +4,6 @@ on the CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,20 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-OFFLINE_TINY = BENCHMARKS.parent / "conf" / "offline_tiny.yaml"
+from helpers import OFFLINE_TINY_CONFIG, REPO_ROOT, load_script
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+OFFLINE_TINY = OFFLINE_TINY_CONFIG
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"hwm_benchmark_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _load("harmonizer_study")
+study = load_script(BENCHMARKS / "harmonizer_study.py")
 
 
 def _export(weighting: str, seed: int, final: float, steps: int = 4) -> dict:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).parents[2] / "benchmarks" / "sheeprl_compare.py"
-_SPEC = importlib.util.spec_from_file_location("sheeprl_compare", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-compare = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(compare)
+from helpers import REPO_ROOT, load_script
+
+compare = load_script(REPO_ROOT / "benchmarks" / "sheeprl_compare.py")
 
 ENV = "Time/env_interaction_time"
 
