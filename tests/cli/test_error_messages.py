@@ -64,6 +64,21 @@ def test_budgets_written_as_floats_are_whole_numbers() -> None:
     ]  # not whole: refused
 
 
+def test_the_offline_modes_budgets_written_as_floats_are_whole_numbers() -> None:
+    from hwm.cli.offline import OFFLINE_GROUPS
+
+    args = ["--data.total_updates", "1e4", "--data.heldout_episodes", "1e1", "--model.log_every", "5e1"]
+    assert whole_numbers(args, OFFLINE_GROUPS) == [
+        "--data.total_updates",
+        "10000",
+        "--data.heldout_episodes",
+        "10",
+        "--model.log_every",
+        "50",
+    ]
+    assert whole_numbers(args)[1] == "1e4"  # online hwm fit's data module has no total_updates
+
+
 def test_budgets_written_as_floats_are_taken(tiny_config: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cli = build_cli(

@@ -83,12 +83,12 @@ def test_offline_fit_logs_heldout_errors_and_resumes_exactly(episode_dataset: Pa
         "--data.dataset",
         episode_dataset,
         "--data.total_updates",
-        "6",
+        "6.0",  # budgets written as floats, as online
         "--data.eval_every",
         "4",
     )
     (run_dir,) = (resumed / "checkpoints").iterdir()
-    proc = run_hwm(["fit", "--ckpt_path", run_dir, "--data.total_updates", "12"], cwd=resumed)
+    proc = run_hwm(["fit", "--ckpt_path", run_dir, "--data.total_updates", "1.2e1"], cwd=resumed)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "resuming MLflow run" in proc.stderr
     a, b = _weights(straight, 12), _weights(resumed, 12)

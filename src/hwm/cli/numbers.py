@@ -27,12 +27,13 @@ def _is_int(hint: Any) -> bool:
 
 
 @functools.cache
-def int_options() -> frozenset[str]:
-    """``group.name`` of every ``int`` keyword of the classes behind the config groups."""
+def int_options(groups: tuple[tuple[str, Any], ...] = ()) -> frozenset[str]:
+    """``group.name`` of every ``int`` keyword of the classes behind the config groups: ``hwm fit``'s, with
+    ``groups`` in place of some (the offline mode's learner and dataset)."""
     from hwm.cli.errors import GROUP_CLASSES
 
     out = set()
-    for group, cls in GROUP_CLASSES.items():
+    for group, cls in {**GROUP_CLASSES, **dict(groups)}.items():
         try:
             hints = typing.get_type_hints(cls.__init__)
         except Exception:  # a hint that names what its module cannot resolve: read them one by one
@@ -52,10 +53,11 @@ def _whole(text: str) -> str | None:
     return str(int(value))
 
 
-def whole_numbers(args: Sequence[str]) -> list[str]:
-    """``args`` with the values of ``int`` options written as floats (``1e5``, ``250000.0``) as integers."""
+def whole_numbers(args: Sequence[str], groups: tuple[tuple[str, Any], ...] = ()) -> list[str]:
+    """``args`` with the values of ``int`` options written as floats (``1e5``, ``250000.0``) as integers;
+    ``groups``: classes that replace ``hwm fit``'s behind some groups (see ``int_options``)."""
     out = list(args)
-    options = int_options()
+    options = int_options(groups)
     for i, arg in enumerate(out):
         name, eq, value = arg.partition("=")
         if not name.startswith("--") or name[2:] not in options:

@@ -26,6 +26,7 @@ from hwm.checkpoints.validate import (
 )
 from hwm.cli.errors import ConfigError
 from hwm.cli.fit import HwmCLI, build_cli
+from hwm.cli.numbers import whole_numbers
 from hwm.cli.resume import RUN_ID_KEY, Resume
 from hwm.cli.wiring import wire_offline, wire_resume
 from hwm.config.prescan import PrescanError, flag_value, last_value, pop_flag, split_config_files
@@ -48,6 +49,14 @@ PRESET_KEYS = (
 PROGRESS_METRIC = "progress/updates"
 
 
+# The classes behind the groups that differ from online ``hwm fit``'s (whose int options take ``1e4``).
+OFFLINE_GROUPS = (
+    ("model", WorldModelLearner),
+    ("data", OfflineDataModule),
+    ("progress_bar", UpdateProgressBar),
+)
+
+
 class OfflineCLI(HwmCLI):
     """``hwm fit`` with a :class:`~hwm.learner.WorldModelLearner` and an
     :class:`~hwm.data.offline.OfflineDataModule`; checkpoints, preemption, tracking and the bar as online."""
@@ -59,6 +68,7 @@ class OfflineCLI(HwmCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if isinstance(args, (list, tuple)):
+            args = whole_numbers(args, OFFLINE_GROUPS)  # --data.total_updates 1e4
             base = last_value(args, "model.base", "dreamerv2")
             preset = presets.defaults(base, last_value(args, "model.size"))
             parser.set_defaults({k: v for k, v in preset.items() if k in PRESET_KEYS})
